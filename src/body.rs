@@ -1,0 +1,236 @@
+//! The body types that flow through the proxy: a client's request body on its
+//! way upstream (size-limited, streamed) and a response body on its way to the
+//! client (an upstream stream, or a short body made here).
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::Sleep;
+
+use crate::upstream::{ActiveGuard, PooledConn};
+
+/// Why a body stream stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("request body larger than {limit_bytes} bytes")]
+    TooLarge { limit_bytes: u64 },
+    #[error("upstream sent nothing for {0:?}")]
+    UpstreamTimeout(Duration),
+    #[error("body stream failed")]
+    Stream(#[source] hyper::Error),
+}
+
+impl BodyError {
+    /// Finds a `BodyError` among the causes of an error (hyper wraps the
+    /// errors our bodies return).
+    pub fn find<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a BodyError> {
+        let mut cause: Option<&'a (dyn std::error::Error + 'static)> = Some(error);
+        while let Some(e) = cause {
+            if let Some(found) = e.downcast_ref::<BodyError>() {
+                return Some(found);
+            }
+            cause = e.source();
+        }
+        None
+    }
+}
+
+/// A request body forwarded upstream.
+#[derive(Debug)]
+pub enum RequestBody {
+    /// The client's body, streamed, failing once it passes `limit_bytes`
+    /// (chunked bodies have no length to check up front).
+    Stream {
+        inner: Incoming,
+        limit_bytes: u64,
+        seen_bytes: u64,
+    },
+    /// A body held in memory (none, or a small one).
+    Full(Option<Bytes>),
+}
+
+impl RequestBody {
+    pub fn limited(inner: Incoming, limit_bytes: u64) -> Self {
+        RequestBody::Stream {
+            inner,
+            limit_bytes,
+            seen_bytes: 0,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match &mut *self {
+            RequestBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            RequestBody::Stream {
+                inner,
+                limit_bytes,
+                seen_bytes,
+            } => {
+                let frame = match ready!(Pin::new(inner).poll_frame(cx)) {
+                    None => return Poll::Ready(None),
+                    Some(Err(e)) => return Poll::Ready(Some(Err(BodyError::Stream(e)))),
+                    Some(Ok(frame)) => frame,
+                };
+                if let Some(data) = frame.data_ref() {
+                    *seen_bytes += data.len() as u64;
+                    if *seen_bytes > *limit_bytes {
+                        return Poll::Ready(Some(Err(BodyError::TooLarge {
+                            limit_bytes: *limit_bytes,
+                        })));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Full(data) => data.is_none(),
+            RequestBody::Stream { inner, .. } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            RequestBody::Stream { inner, .. } => inner.size_hint(),
+        }
+    }
+}
+
+/// A response body sent to the client.
+#[derive(Debug)]
+pub enum ResponseBody {
+    Full(Option<Bytes>),
+    Upstream(UpstreamBody),
+}
+
+impl ResponseBody {
+    pub fn full(data: impl Into<Bytes>) -> Self {
+        ResponseBody::Full(Some(data.into()))
+    }
+
+    pub fn empty() -> Self {
+        ResponseBody::Full(None)
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match &mut *self {
+            ResponseBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            ResponseBody::Upstream(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Full(data) => data.is_none(),
+            ResponseBody::Upstream(body) => body.inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            ResponseBody::Upstream(body) => body.inner.size_hint(),
+        }
+    }
+}
+
+/// An upstream response body: hands its connection back to the pool when it
+/// has been read to the end, and fails when the upstream goes quiet for longer
+/// than the route's `read_timeout`.
+#[derive(Debug)]
+pub struct UpstreamBody {
+    inner: Incoming,
+    conn: Option<PooledConn>,
+    read_timeout: Duration,
+    /// Armed only while waiting: most small bodies never need a timer.
+    idle_timer: Option<Pin<Box<Sleep>>>,
+    _active: ActiveGuard,
+}
+
+impl UpstreamBody {
+    pub fn new(inner: Incoming, conn: PooledConn, read_timeout: Duration, active: ActiveGuard) -> Self {
+        let mut body = UpstreamBody {
+            inner,
+            conn: Some(conn),
+            read_timeout,
+            idle_timer: None,
+            _active: active,
+        };
+        if body.inner.is_end_stream() {
+            body.release();
+        }
+        body
+    }
+
+    fn release(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            conn.release();
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(None) => {
+                this.release();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.conn = None;
+                Poll::Ready(Some(Err(BodyError::Stream(e))))
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(timer) = &mut this.idle_timer {
+                    timer.as_mut().reset(tokio::time::Instant::now() + this.read_timeout);
+                }
+                if this.inner.is_end_stream() {
+                    this.release();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Pending => {
+                let read_timeout = this.read_timeout;
+                let timer = this
+                    .idle_timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(read_timeout)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        this.conn = None;
+                        Poll::Ready(Some(Err(BodyError::UpstreamTimeout(read_timeout))))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

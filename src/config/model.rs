@@ -1,0 +1,137 @@
+//! The validated configuration the program runs on: every reference resolved to
+//! an index, every duration and size parsed, every default filled in.
+//!
+//! Built only by `config::parse`/`config::load`; the rest of the program never
+//! sees the user-facing schema.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, StatusCode};
+
+/// A whole, valid configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub global: Global,
+    pub listeners: Vec<Listener>,
+    pub routes: Vec<Route>,
+    pub upstreams: Vec<Upstream>,
+    /// Where it was read from (`None` for the embedded demo config or a test string).
+    pub source: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Global {
+    /// Worker threads; 0 in the file is resolved to the number of cores here.
+    pub workers: usize,
+    pub shutdown_grace: Duration,
+    /// `global.log_level`, used when `RUST_LOG` is not set.
+    pub log_level: Option<String>,
+    pub access_log: AccessLog,
+    pub access_log_format: AccessLogFormat,
+    pub admin_listen: Option<SocketAddr>,
+    pub admin_token: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLog {
+    Off,
+    Stdout,
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    Json,
+    Combined,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub max_connections: usize,
+    /// 0 = unlimited.
+    pub max_connections_per_ip: usize,
+    pub request_header_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_body_bytes: u64,
+    pub expose_upstream: bool,
+    pub proxy_protocol: bool,
+}
+
+/// Index into `Config::listeners`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ListenerId(pub usize);
+
+/// Index into `Config::upstreams`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct UpstreamId(pub usize);
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// `name` from the file, or `route<N>` (N = position, from 0) when omitted.
+    pub name: String,
+    /// The listeners this route serves; every listener when the file names none.
+    pub listeners: Vec<ListenerId>,
+    pub host: HostMatch,
+    /// Always starts with `/`.
+    pub path_prefix: String,
+    /// Every header must be present with exactly this value (name case-insensitive).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub action: RouteAction,
+    /// Replaces the matched `path_prefix` before forwarding.
+    pub rewrite_prefix: Option<String>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub request_headers: HeaderEdits,
+    pub response_headers: HeaderEdits,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    Any,
+    /// Lower-case host, without port.
+    Exact(String),
+    /// `*.example.com` is stored as `.example.com` (lower-case); matches any
+    /// host that ends with it and has at least one more label in front.
+    Wildcard(String),
+}
+
+#[derive(Debug, Clone)]
+pub enum RouteAction {
+    Upstream(UpstreamId),
+    Respond { status: StatusCode, body: Bytes },
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct HeaderEdits {
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    pub remove: Vec<HeaderName>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub name: String,
+    pub balance: Balance,
+    /// Idle pooled connections kept per server (per worker thread).
+    pub keepalive: usize,
+    pub keepalive_timeout: Duration,
+    pub servers: Vec<Server>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    /// `host:port` as written in the file (an IP or a host name).
+    pub address: String,
+    /// At least 1.
+    pub weight: u32,
+}

@@ -1,0 +1,107 @@
+//! Keys that parse but whose behaviour is not built yet. A config using one is
+//! rejected rather than silently half-applied; each line here goes away when
+//! its feature lands.
+
+use super::Sink;
+use super::schema::{BalanceSpec, GlobalSpec, ListenerSpec, RouteSpec, ServerSpec, UpstreamSpec};
+
+fn reject(sink: &mut Sink, span: Option<std::ops::Range<usize>>, what: &str) {
+    sink.error(span, format!("{what} is not supported yet"));
+}
+
+pub(super) fn global(g: &GlobalSpec, sink: &mut Sink) {
+    if let Some(v) = &g.admin_listen {
+        reject(sink, Some(v.span()), "the admin API (`admin_listen`)");
+    }
+    if let Some(v) = &g.admin_token {
+        reject(sink, Some(v.span()), "`admin_token`");
+    }
+    if let Some(v) = &g.access_log
+        && v.get_ref() != "off"
+    {
+        reject(sink, Some(v.span()), "the access log (only `access_log = \"off\"`)");
+    }
+    if let Some(v) = &g.access_log_format {
+        reject(sink, Some(v.span()), "`access_log_format`");
+    }
+}
+
+pub(super) fn listener(l: &ListenerSpec, sink: &mut Sink) {
+    if let Some(v) = &l.tls {
+        reject(sink, Some(v.span()), "TLS (`tls`)");
+    }
+    if let Some(v) = &l.max_connections_per_ip
+        && *v.get_ref() != 0
+    {
+        reject(sink, Some(v.span()), "`max_connections_per_ip`");
+    }
+    if let Some(v) = &l.proxy_protocol
+        && *v.get_ref()
+    {
+        reject(sink, Some(v.span()), "the PROXY protocol (`proxy_protocol = true`)");
+    }
+}
+
+pub(super) fn route(r: &RouteSpec, sink: &mut Sink) {
+    if let Some(v) = &r.split {
+        reject(sink, Some(v.span()), "`split`");
+    }
+    if let Some(v) = &r.rate_limit {
+        reject(sink, Some(v.span()), "`rate_limit`");
+    }
+    if let Some(v) = &r.retry {
+        reject(sink, Some(v.span()), "`retry`");
+    }
+    if let Some(v) = &r.compress {
+        reject(sink, Some(v.span()), "`compress`");
+    }
+}
+
+pub(super) fn upstream(u: &UpstreamSpec, sink: &mut Sink) {
+    if let Some(v) = &u.balance
+        && *v.get_ref() != BalanceSpec::RoundRobin
+    {
+        reject(
+            sink,
+            Some(v.span()),
+            "this balancing algorithm (only \"round_robin\" for now)",
+        );
+    }
+    if let Some(v) = &u.hash_key {
+        reject(sink, Some(v.span()), "`hash_key`");
+    }
+    if let Some(v) = &u.sticky {
+        reject(sink, Some(v.span()), "`sticky`");
+    }
+    if let Some(v) = &u.max_fails {
+        reject(sink, Some(v.span()), "`max_fails` (passive health checks)");
+    }
+    if let Some(v) = &u.fail_timeout {
+        reject(sink, Some(v.span()), "`fail_timeout` (passive health checks)");
+    }
+    if let Some(v) = &u.slow_start {
+        reject(sink, Some(v.span()), "`slow_start`");
+    }
+    if let Some(v) = &u.health_check {
+        reject(sink, Some(v.span()), "active health checks (`health_check`)");
+    }
+}
+
+pub(super) fn server(s: &ServerSpec, sink: &mut Sink) {
+    if let Some(v) = &s.backup
+        && *v.get_ref()
+    {
+        reject(sink, Some(v.span()), "`backup` servers");
+    }
+    if let Some(v) = &s.max_requests {
+        reject(sink, Some(v.span()), "`max_requests`");
+    }
+}
+
+pub(super) fn rate_limit(span: Option<std::ops::Range<usize>>, sink: &mut Sink) {
+    reject(sink, span, "rate limits (`[rate_limits.*]`)");
+}
+
+pub(super) fn redis(span: Option<std::ops::Range<usize>>, sink: &mut Sink) {
+    reject(sink, span, "`[redis]`");
+}

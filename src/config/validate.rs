@@ -1,0 +1,347 @@
+//! From the file's sections to the model: defaults filled in, names resolved
+//! to ids, and every rule checked, each failure recorded at its position.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderName, StatusCode};
+
+use super::model::*;
+use super::schema::{BalanceSpec, HeaderEditsSpec};
+use super::{Sink, Specs, unbuilt};
+
+const MAX_WORKERS: usize = 1024;
+
+/// Builds the model, or `None` when something was wrong (then `sink` says what).
+pub(super) fn validate(specs: Specs, sink: &mut Sink) -> Option<Config> {
+    let errors_before = sink_len(sink);
+    let global = global(&specs, sink);
+    let listeners = listeners(&specs, sink);
+    let upstreams = upstreams(&specs, sink);
+    let listener_ids: HashMap<&str, ListenerId> = listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.name.as_str(), ListenerId(i)))
+        .collect();
+    let upstream_ids: HashMap<&str, UpstreamId> = upstreams
+        .iter()
+        .enumerate()
+        .map(|(i, u)| (u.name.as_str(), UpstreamId(i)))
+        .collect();
+    let routes = routes(&specs, &listener_ids, &upstream_ids, sink);
+    for (_, span, _) in &specs.rate_limits {
+        unbuilt::rate_limit(span.clone(), sink);
+    }
+    if let Some((span, _)) = &specs.redis {
+        unbuilt::redis(span.clone(), sink);
+    }
+    if !specs.complete || sink_len(sink) > errors_before {
+        return None;
+    }
+    Some(Config {
+        global,
+        listeners,
+        routes,
+        upstreams,
+        source: None,
+    })
+}
+
+fn sink_len(sink: &Sink) -> usize {
+    sink.errors.len()
+}
+
+fn global(specs: &Specs, sink: &mut Sink) -> Global {
+    let g = &specs.global;
+    unbuilt::global(g, sink);
+    let workers = match &g.workers {
+        Some(w) if *w.get_ref() > MAX_WORKERS => {
+            sink.error(Some(w.span()), format!("workers must be at most {MAX_WORKERS}"));
+            1
+        }
+        Some(w) if *w.get_ref() > 0 => *w.get_ref(),
+        _ => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    Global {
+        workers,
+        shutdown_grace: g.shutdown_grace.map_or(Duration::from_secs(30), |d| d.0),
+        log_level: g.log_level.clone(),
+        access_log: AccessLog::Off,
+        access_log_format: AccessLogFormat::Json,
+        admin_listen: None,
+        admin_token: None,
+    }
+}
+
+fn listeners(specs: &Specs, sink: &mut Sink) -> Vec<Listener> {
+    if specs.names.listeners.is_empty() && specs.listeners.is_empty() {
+        sink.error(None, "at least one [[listeners]] is needed");
+    }
+    let mut names: HashMap<String, ()> = HashMap::new();
+    let mut addrs: HashMap<std::net::SocketAddr, ()> = HashMap::new();
+    let mut out = Vec::new();
+    for (_, l) in &specs.listeners {
+        unbuilt::listener(l, sink);
+        let name = l.name.get_ref().clone();
+        if name.is_empty() {
+            sink.error(Some(l.name.span()), "a listener name cannot be empty");
+        }
+        if names.insert(name.clone(), ()).is_some() {
+            sink.error(Some(l.name.span()), format!("duplicate listener name `{name}`"));
+        }
+        let listen = l.listen.get_ref().0;
+        if listen.port() != 0 && addrs.insert(listen, ()).is_some() {
+            sink.error(
+                Some(l.listen.span()),
+                format!("another listener already listens on {listen}"),
+            );
+        }
+        let max_connections = l.max_connections.as_ref().map_or(10_000, |m| *m.get_ref());
+        if max_connections == 0 {
+            sink.error(
+                l.max_connections.as_ref().map(|m| m.span()),
+                "max_connections must be at least 1",
+            );
+        }
+        let max_header_bytes = l.max_header_size.as_ref().map_or(32 * 1024, |s| s.get_ref().0);
+        if max_header_bytes < 1024 {
+            sink.error(
+                l.max_header_size.as_ref().map(|s| s.span()),
+                "max_header_size must be at least 1k",
+            );
+        }
+        out.push(Listener {
+            name,
+            listen,
+            max_connections,
+            max_connections_per_ip: 0,
+            request_header_timeout: l.request_header_timeout.map_or(Duration::from_secs(10), |d| d.0),
+            keepalive_timeout: l.keepalive_timeout.map_or(Duration::from_secs(75), |d| d.0),
+            max_header_bytes: usize::try_from(max_header_bytes).unwrap_or(usize::MAX),
+            max_body_bytes: l.max_body_size.map_or(100 << 20, |s| s.0),
+            expose_upstream: l.expose_upstream.unwrap_or(false),
+            proxy_protocol: false,
+        });
+    }
+    out
+}
+
+fn upstreams(specs: &Specs, sink: &mut Sink) -> Vec<Upstream> {
+    let mut out = Vec::new();
+    for (name, span, u) in &specs.upstreams {
+        unbuilt::upstream(u, sink);
+        if let Some(b) = &u.balance
+            && *b.get_ref() == BalanceSpec::Hash
+            && u.hash_key.is_none()
+        {
+            sink.error(Some(b.span()), "balance = \"hash\" needs a `hash_key`");
+        }
+        if let Some(k) = &u.hash_key
+            && u.balance.as_ref().map(|b| *b.get_ref()) != Some(BalanceSpec::Hash)
+        {
+            sink.error(Some(k.span()), "`hash_key` is only used with balance = \"hash\"");
+        }
+        if let Some(hc) = &u.health_check {
+            let hc_ref = hc.get_ref();
+            for t in [&hc_ref.healthy_threshold, &hc_ref.unhealthy_threshold]
+                .into_iter()
+                .flatten()
+            {
+                if *t.get_ref() == 0 {
+                    sink.error(Some(t.span()), "thresholds must be at least 1");
+                }
+            }
+            if let (Some(timeout), Some(interval)) = (hc_ref.timeout, hc_ref.interval)
+                && timeout.0 > interval.0
+            {
+                sink.error(Some(hc.span()), "health_check.timeout must not exceed its interval");
+            }
+        }
+        let servers_spec = u.servers.get_ref();
+        if servers_spec.is_empty() {
+            sink.error(Some(u.servers.span()), format!("upstream `{name}` has no servers"));
+        }
+        let mut seen: HashMap<&str, ()> = HashMap::new();
+        let mut servers = Vec::new();
+        for s in servers_spec {
+            unbuilt::server(s, sink);
+            let address = s.address.get_ref().0.as_str();
+            if seen.insert(address, ()).is_some() {
+                sink.error(
+                    Some(s.address.span()),
+                    format!("duplicate server {address} in upstream `{name}`"),
+                );
+            }
+            let weight = s.weight.as_ref().map_or(1, |w| *w.get_ref());
+            if weight == 0 {
+                sink.error(s.weight.as_ref().map(|w| w.span()), "weight must be at least 1");
+            }
+            servers.push(Server {
+                address: address.to_string(),
+                weight: weight.max(1),
+            });
+        }
+        let _ = span;
+        out.push(Upstream {
+            name: name.clone(),
+            balance: Balance::RoundRobin,
+            keepalive: u.keepalive.unwrap_or(64),
+            keepalive_timeout: u.keepalive_timeout.map_or(Duration::from_secs(60), |d| d.0),
+            servers,
+        });
+    }
+    out
+}
+
+fn routes(
+    specs: &Specs,
+    listener_ids: &HashMap<&str, ListenerId>,
+    upstream_ids: &HashMap<&str, UpstreamId>,
+    sink: &mut Sink,
+) -> Vec<Route> {
+    if specs.routes.is_empty() && specs.complete {
+        sink.error(None, "at least one [[routes]] is needed");
+    }
+    let names = &specs.names;
+    let mut route_names: HashMap<String, ()> = HashMap::new();
+    let mut out = Vec::new();
+    for (index, (span, r)) in specs.routes.iter().enumerate() {
+        unbuilt::route(r, sink);
+        let name = match &r.name {
+            Some(n) => {
+                if route_names.insert(n.get_ref().clone(), ()).is_some() {
+                    sink.error(Some(n.span()), format!("duplicate route name `{}`", n.get_ref()));
+                }
+                n.get_ref().clone()
+            }
+            None => format!("route{index}"),
+        };
+        let listeners = match &r.listeners {
+            None => (0..listener_ids.len()).map(ListenerId).collect(),
+            Some(list) => list
+                .iter()
+                .filter_map(|l| {
+                    let id = listener_ids.get(l.get_ref().as_str()).copied();
+                    if !names.listeners.contains(l.get_ref()) {
+                        sink.error(Some(l.span()), format!("no listener named `{}`", l.get_ref()));
+                    }
+                    id
+                })
+                .collect(),
+        };
+        let path_prefix = match &r.path_prefix {
+            Some(p) if !p.get_ref().starts_with('/') => {
+                sink.error(Some(p.span()), "path_prefix must start with `/`");
+                "/".to_string()
+            }
+            Some(p) => p.get_ref().clone(),
+            None => "/".to_string(),
+        };
+        if let Some(p) = &r.rewrite_prefix
+            && !p.get_ref().starts_with('/')
+        {
+            sink.error(Some(p.span()), "rewrite_prefix must start with `/`");
+        }
+        let mut headers = Vec::new();
+        for (n, v) in &r.headers {
+            match HeaderName::from_bytes(n.as_bytes()) {
+                Ok(name) => headers.push((name, v.0.clone())),
+                Err(_) => sink.error(span.clone(), format!("invalid header name {n:?} in `headers`")),
+            }
+        }
+        let targets = [r.upstream.is_some(), r.split.is_some(), r.respond.is_some()];
+        let action = match targets.iter().filter(|t| **t).count() {
+            1 => action(r, upstream_ids, &names.upstreams, sink),
+            0 => {
+                sink.error(span.clone(), "a route needs one of `upstream`, `split` or `respond`");
+                None
+            }
+            _ => {
+                sink.error(
+                    span.clone(),
+                    "a route takes only one of `upstream`, `split` or `respond`",
+                );
+                None
+            }
+        };
+        if let Some(rl) = &r.rate_limit
+            && !names.rate_limits.contains(rl.get_ref())
+        {
+            sink.error(Some(rl.span()), format!("no rate limit named `{}`", rl.get_ref()));
+        }
+        let Some(action) = action else { continue };
+        out.push(Route {
+            name,
+            listeners,
+            host: r.host.clone().map_or(HostMatch::Any, |h| h.0),
+            path_prefix,
+            headers,
+            action,
+            rewrite_prefix: r.rewrite_prefix.as_ref().map(|p| p.get_ref().clone()),
+            connect_timeout: r.connect_timeout.map_or(Duration::from_secs(5), |d| d.0),
+            read_timeout: r.read_timeout.map_or(Duration::from_secs(60), |d| d.0),
+            request_headers: edits(r.request_headers.as_ref(), span, sink),
+            response_headers: edits(r.response_headers.as_ref(), span, sink),
+        });
+    }
+    out
+}
+
+fn action(
+    r: &super::schema::RouteSpec,
+    upstream_ids: &HashMap<&str, UpstreamId>,
+    upstream_names: &[String],
+    sink: &mut Sink,
+) -> Option<RouteAction> {
+    if let Some(u) = &r.upstream {
+        let id = upstream_ids.get(u.get_ref().as_str()).copied();
+        if !upstream_names.contains(u.get_ref()) {
+            sink.error(Some(u.span()), format!("no upstream named `{}`", u.get_ref()));
+        }
+        return id.map(RouteAction::Upstream);
+    }
+    if let Some(split) = &r.split {
+        for s in split.get_ref() {
+            if !upstream_names.contains(s.upstream.get_ref()) {
+                sink.error(
+                    Some(s.upstream.span()),
+                    format!("no upstream named `{}`", s.upstream.get_ref()),
+                );
+            }
+            if *s.weight.get_ref() == 0 {
+                sink.error(Some(s.weight.span()), "split weights must be at least 1");
+            }
+        }
+        return None;
+    }
+    let respond = r.respond.as_ref()?;
+    let spec = respond.get_ref();
+    match StatusCode::from_u16(*spec.status.get_ref()) {
+        Ok(status) if (100..=599).contains(&status.as_u16()) => Some(RouteAction::Respond {
+            status,
+            body: Bytes::from(spec.body.clone()),
+        }),
+        _ => {
+            sink.error(Some(spec.status.span()), "status must be between 100 and 599");
+            None
+        }
+    }
+}
+
+fn edits(spec: Option<&HeaderEditsSpec>, span: &Option<std::ops::Range<usize>>, sink: &mut Sink) -> HeaderEdits {
+    let Some(spec) = spec else {
+        return HeaderEdits::default();
+    };
+    let mut set = Vec::new();
+    for (n, v) in &spec.set {
+        match HeaderName::from_bytes(n.as_bytes()) {
+            Ok(name) => set.push((name, v.0.clone())),
+            Err(_) => sink.error(span.clone(), format!("invalid header name {n:?}")),
+        }
+    }
+    HeaderEdits {
+        set,
+        remove: spec.remove.iter().map(|n| n.0.clone()).collect(),
+    }
+}

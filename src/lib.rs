@@ -1,0 +1,13 @@
+//! Fulcrum: a layer-7 HTTP load balancer and reverse proxy.
+//!
+//! A request's life is charted in `docs/architecture.md`.
+
+pub mod backend;
+pub mod balance;
+pub mod body;
+pub mod config;
+pub mod observe;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod upstream;

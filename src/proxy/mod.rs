@@ -1,0 +1,222 @@
+//! The request pipeline: route, pick a server, forward, and shape the
+//! response. Every request gets a response here, errors included.
+
+mod error;
+pub mod headers;
+
+pub use error::ProxyError;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{HeaderValue, Request, Response, Uri, Version, header};
+use hyper::body::Incoming;
+
+use crate::body::{BodyError, RequestBody, ResponseBody, UpstreamBody};
+use crate::config::{Listener, ListenerId, Route, RouteAction};
+use crate::router::{self, RouteId};
+use crate::server::{Shared, Snapshot};
+use crate::upstream::{ActiveGuard, ConnectError, ServerState};
+
+/// What the proxy knows about the client side of a request.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    pub listener: ListenerId,
+    pub peer: SocketAddr,
+    /// The peer's IP as a header value, made once per connection.
+    pub ip_header: HeaderValue,
+}
+
+impl ClientInfo {
+    pub fn new(listener: ListenerId, peer: SocketAddr) -> Self {
+        let ip_header = HeaderValue::from_maybe_shared(bytes::Bytes::from(peer.ip().to_string()))
+            .unwrap_or(HeaderValue::from_static("unknown"));
+        ClientInfo {
+            listener,
+            peer,
+            ip_header,
+        }
+    }
+}
+
+/// Answers one client request.
+pub async fn handle(req: Request<Incoming>, client: &ClientInfo, shared: &Shared) -> Response<ResponseBody> {
+    let snapshot = shared.snapshot.load_full();
+    let request_id = headers::request_id(req.headers());
+    let Some(listener) = snapshot.config.listeners.get(client.listener.0) else {
+        return ProxyError::NoRoute.into_response(&request_id);
+    };
+    let mut response = match forward(req, client, listener, &snapshot, &request_id).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(&request_id),
+    };
+    response.headers_mut().insert(headers::X_REQUEST_ID, request_id);
+    response
+}
+
+async fn forward(
+    req: Request<Incoming>,
+    client: &ClientInfo,
+    listener: &Listener,
+    snapshot: &Snapshot,
+    request_id: &HeaderValue,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let route_id = {
+        let host = router::request_host(req.uri(), req.headers());
+        snapshot
+            .routes
+            .resolve(client.listener, host, req.uri().path(), req.headers())
+            .ok_or(ProxyError::NoRoute)?
+    };
+    let route = snapshot.routes.route(route_id);
+    if declared_length(&req).is_some_and(|len| len > listener.max_body_bytes) {
+        return Err(ProxyError::BodyTooLarge);
+    }
+    let upstream_id = match &route.action {
+        RouteAction::Respond { status, body } => return Ok(respond(route, *status, body.clone())),
+        RouteAction::Upstream(id) => *id,
+    };
+    let upstream = snapshot.upstream(upstream_id);
+    let server = upstream.pick().ok_or(ProxyError::NoServer)?.clone();
+    let upstream_req = upstream_request(req, client, listener, route, request_id)?;
+    let mut response = send(upstream_req, &server, route, route_id).await?;
+    finish_response(&mut response, route, listener, &server);
+    Ok(response)
+}
+
+fn declared_length<B>(req: &Request<B>) -> Option<u64> {
+    req.headers().get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+fn respond(route: &Route, status: http::StatusCode, body: bytes::Bytes) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers::apply_edits(response.headers_mut(), &route.response_headers);
+    response
+}
+
+/// The request as the upstream sees it: origin-form URI (prefix rewritten),
+/// HTTP/1.1, hop-by-hop headers gone, forwarding headers added.
+fn upstream_request(
+    req: Request<Incoming>,
+    client: &ClientInfo,
+    listener: &Listener,
+    route: &Route,
+    request_id: &HeaderValue,
+) -> Result<Request<RequestBody>, ProxyError> {
+    let (mut parts, body) = req.into_parts();
+    parts.uri = upstream_uri(&parts.uri, route)?;
+    parts.version = Version::HTTP_11;
+    if !parts.headers.contains_key(header::HOST) {
+        // HTTP/2 clients send :authority instead.
+        if let Some(authority) = parts.uri.authority()
+            && let Ok(host) = HeaderValue::from_str(authority.as_str())
+        {
+            parts.headers.insert(header::HOST, host);
+        }
+    }
+    headers::strip_hop_by_hop(&mut parts.headers);
+    headers::add_forwarded(&mut parts.headers, &client.ip_header, "http");
+    parts.headers.insert(headers::X_REQUEST_ID, request_id.clone());
+    headers::apply_edits(&mut parts.headers, &route.request_headers);
+    Ok(Request::from_parts(
+        parts,
+        RequestBody::limited(body, listener.max_body_bytes),
+    ))
+}
+
+fn upstream_uri(uri: &Uri, route: &Route) -> Result<Uri, ProxyError> {
+    let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    match &route.rewrite_prefix {
+        None => {
+            if uri.authority().is_none() {
+                return Ok(uri.clone());
+            }
+            Uri::try_from(path_and_query).map_err(|_| ProxyError::BadRequest)
+        }
+        Some(rewrite) => {
+            // Plain prefix replacement, as nginx's `proxy_pass` with a URI:
+            // "/api/" → "/v1/" turns "/api/users?x" into "/v1/users?x".
+            let rest = path_and_query.get(route.path_prefix.len()..).unwrap_or("");
+            let mut rewritten = String::with_capacity(rewrite.len() + rest.len());
+            rewritten.push_str(rewrite);
+            rewritten.push_str(rest);
+            Uri::try_from(rewritten).map_err(|_| ProxyError::BadRequest)
+        }
+    }
+}
+
+/// Sends the request on a pooled (or new) connection and waits for the
+/// response head within the route's `read_timeout`.
+async fn send(
+    req: Request<RequestBody>,
+    server: &Arc<ServerState>,
+    route: &Route,
+    route_id: RouteId,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let active = ActiveGuard::new(server.clone());
+    let mut req = req;
+    // A pooled connection the server closed meanwhile hands the request back
+    // unsent; that one retry on a fresh connection is always safe.
+    let mut fresh_only = false;
+    loop {
+        let mut conn = if fresh_only {
+            server.connect_fresh(route.connect_timeout).await
+        } else {
+            server.connect(route.connect_timeout).await
+        }
+        .map_err(|e| connect_error(e, server, route_id))?;
+        let sent = tokio::time::timeout(route.read_timeout, conn.sender.try_send_request(req)).await;
+        match sent {
+            Err(_elapsed) => {
+                tracing::debug!(server = %server.address, "upstream response timed out");
+                return Err(ProxyError::UpstreamTimeout);
+            }
+            Ok(Ok(response)) => {
+                let (parts, body) = response.into_parts();
+                let body = UpstreamBody::new(body, conn, route.read_timeout, active);
+                return Ok(Response::from_parts(parts, ResponseBody::Upstream(body)));
+            }
+            Ok(Err(mut error)) => {
+                let unsent = error.take_message();
+                let error = error.into_error();
+                if let Some(BodyError::TooLarge { .. }) = BodyError::find(&error) {
+                    return Err(ProxyError::BodyTooLarge);
+                }
+                match unsent {
+                    Some(back) if conn.reused && !fresh_only => {
+                        req = back;
+                        fresh_only = true;
+                    }
+                    _ => {
+                        tracing::debug!(server = %server.address, %error, "upstream request failed");
+                        return Err(ProxyError::UpstreamFailed);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn connect_error(error: ConnectError, server: &ServerState, route_id: RouteId) -> ProxyError {
+    tracing::debug!(server = %server.address, route = route_id.0, %error, "upstream connect failed");
+    match error {
+        ConnectError::Timeout { .. } => ProxyError::ConnectTimeout,
+        ConnectError::Io { .. } | ConnectError::Handshake { .. } => ProxyError::ConnectFailed,
+    }
+}
+
+fn finish_response(response: &mut Response<ResponseBody>, route: &Route, listener: &Listener, server: &ServerState) {
+    let headers = response.headers_mut();
+    headers::strip_hop_by_hop(headers);
+    headers::apply_edits(headers, &route.response_headers);
+    if listener.expose_upstream
+        && let Ok(value) = HeaderValue::from_str(&server.address)
+    {
+        headers.insert(headers::X_UPSTREAM, value);
+    }
+}

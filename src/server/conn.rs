@@ -1,0 +1,275 @@
+//! One client connection: hyper's HTTP/1.1 state machine over a socket whose
+//! reads enforce the slow-loris and keep-alive timeouts, and graceful close on
+//! shutdown.
+
+use std::convert::Infallible;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::task::AtomicWaker;
+use http_body::{Body, Frame, SizeHint};
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
+
+use super::Shared;
+use crate::body::{BodyError, ResponseBody};
+use crate::config::Listener;
+use crate::proxy::{self, ClientInfo};
+
+/// Serves one accepted connection until it closes or shutdown has drained it.
+pub(super) async fn serve(
+    stream: TcpStream,
+    client: ClientInfo,
+    listener: &Listener,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let activity = Arc::new(Activity::default());
+    let io = TimedIo::new(
+        stream,
+        activity.clone(),
+        listener.request_header_timeout,
+        listener.keepalive_timeout,
+    );
+    let peer = client.peer;
+    let client = Arc::new(client);
+    let service = hyper::service::service_fn(move |req| {
+        let guard = InFlight::enter(&activity);
+        let client = client.clone();
+        let shared = shared.clone();
+        async move {
+            let response = proxy::handle(req, &client, &shared).await;
+            Ok::<_, Infallible>(response.map(|inner| TrackedBody { inner, _guard: guard }))
+        }
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .keep_alive(true)
+        .max_header_size(listener.max_header_bytes)
+        .header_read_timeout(None);
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let mut draining = *shutdown.borrow();
+    if draining {
+        conn.as_mut().graceful_shutdown();
+    }
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(%error, client = %peer, "client connection ended with an error");
+                }
+                return;
+            }
+            changed = shutdown.changed(), if !draining => {
+                draining = true;
+                if changed.is_err() || *shutdown.borrow() {
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+/// What the requests on a connection are doing, as the socket reads need to know.
+#[derive(Debug, Default)]
+struct Activity {
+    in_flight: AtomicUsize,
+    /// Bumped when a response is done: the connection went back to idle.
+    finished: AtomicUsize,
+    /// A read that found the connection busy waits here to be told when the
+    /// last response is done, so the keep-alive clock starts on time.
+    idle_waiter: AtomicWaker,
+}
+
+/// Counts a request as in flight on its connection until its response body
+/// is dropped (written out or abandoned).
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn enter(activity: &Arc<Activity>) -> Self {
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(activity.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.finished.fetch_add(1, Ordering::Relaxed);
+        if self.0.in_flight.fetch_sub(1, Ordering::Release) == 1 {
+            self.0.idle_waiter.wake();
+        }
+    }
+}
+
+/// A response body that keeps its request counted as in flight.
+struct TrackedBody {
+    inner: ResponseBody,
+    _guard: InFlight,
+}
+
+impl Body for TrackedBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Between requests: the client may stay silent up to `keepalive_timeout`.
+    Idle,
+    /// A request head has started (or the connection is new): it must be
+    /// complete within `request_header_timeout`.
+    Head,
+    /// A request is being served; its own timeouts apply.
+    Busy,
+}
+
+/// The client socket, with the timeouts that only reads can see: a request
+/// head that trickles in (slow loris) fails the read; an idle keep-alive
+/// connection reads as closed. One timer per connection, re-armed lazily.
+struct TimedIo {
+    stream: TcpStream,
+    activity: Arc<Activity>,
+    /// `activity.finished` when last looked at.
+    seen_finished: usize,
+    header_timeout: Duration,
+    keepalive_timeout: Duration,
+    phase: Phase,
+    /// When the current phase's wait ends.
+    deadline: Instant,
+    timer: Pin<Box<Sleep>>,
+    /// Where `timer` is set to fire; may be earlier than `deadline`.
+    armed: Instant,
+}
+
+impl TimedIo {
+    fn new(stream: TcpStream, activity: Arc<Activity>, header_timeout: Duration, keepalive_timeout: Duration) -> Self {
+        let deadline = Instant::now() + header_timeout;
+        TimedIo {
+            stream,
+            activity,
+            seen_finished: 0,
+            header_timeout,
+            keepalive_timeout,
+            phase: Phase::Head,
+            deadline,
+            timer: Box::pin(tokio::time::sleep_until(deadline)),
+            armed: deadline,
+        }
+    }
+
+    /// Polls the phase's deadline: `Ready` once it has passed.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            if self.armed > self.deadline {
+                self.armed = self.deadline;
+                self.timer.as_mut().reset(self.deadline);
+            }
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if Instant::now() >= self.deadline {
+                return Poll::Ready(());
+            }
+            // Fired early for a deadline that has since moved later.
+            self.armed = self.deadline;
+            self.timer.as_mut().reset(self.deadline);
+        }
+    }
+}
+
+impl AsyncRead for TimedIo {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before && this.activity.in_flight.load(Ordering::Acquire) == 0 {
+                    let finished = this.activity.finished.load(Ordering::Relaxed);
+                    if this.phase != Phase::Head || finished != this.seen_finished {
+                        // The first bytes of a new request head.
+                        this.seen_finished = finished;
+                        this.phase = Phase::Head;
+                        this.deadline = Instant::now() + this.header_timeout;
+                    }
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                if this.activity.in_flight.load(Ordering::Acquire) > 0 {
+                    this.phase = Phase::Busy;
+                    this.activity.idle_waiter.register(cx.waker());
+                    // The last response may have finished meanwhile.
+                    if this.activity.in_flight.load(Ordering::Acquire) > 0 {
+                        return Poll::Pending;
+                    }
+                }
+                let finished = this.activity.finished.load(Ordering::Relaxed);
+                if this.phase == Phase::Busy || finished != this.seen_finished {
+                    // A response went out since we last looked: idle from now.
+                    this.seen_finished = finished;
+                    this.phase = Phase::Idle;
+                    this.deadline = Instant::now() + this.keepalive_timeout;
+                }
+                match this.poll_deadline(cx) {
+                    Poll::Pending => Poll::Pending,
+                    // An idle keep-alive connection ends as if the client closed it.
+                    Poll::Ready(()) if this.phase == Phase::Idle => Poll::Ready(Ok(())),
+                    Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "request header not received within request_header_timeout",
+                    ))),
+                }
+            }
+        }
+    }
+}
+
+impl AsyncWrite for TimedIo {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}

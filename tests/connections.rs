@@ -1,0 +1,145 @@
+//! Client connection handling: slow-loris and keep-alive timeouts, the
+//! connection limit, and graceful shutdown.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use support::{Conn, Fulcrum, backends, get, request};
+
+fn config(upstream: std::net::SocketAddr, listener_extra: &str) -> String {
+    format!(
+        r#"
+[global]
+shutdown_grace = "10s"
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:0"
+{listener_extra}
+[[routes]]
+upstream = "app"
+[upstreams.app]
+servers = [ {{ address = "{upstream}" }} ]
+"#
+    )
+}
+
+/// Reads until the peer closes; returns what was read and when it closed.
+async fn read_until_closed(stream: &mut TcpStream, deadline: Duration) -> (Vec<u8>, Instant) {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let result = tokio::time::timeout(deadline, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(result.is_ok(), "connection still open after {deadline:?}");
+    (out, Instant::now())
+}
+
+#[tokio::test]
+async fn slow_loris_is_cut_off_at_request_header_timeout() {
+    let b = backends(&["app"]).await;
+    let lb = Fulcrum::start(&config(b[0].addr, r#"request_header_timeout = "500ms""#));
+    let mut stream = TcpStream::connect(lb.addr("web")).await.unwrap();
+    let started = Instant::now();
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let (_, closed) = read_until_closed(&mut stream, Duration::from_secs(10)).await;
+    let took = closed - started;
+    assert!(took >= Duration::from_millis(450), "closed too early: {took:?}");
+    assert_eq!(b[0].stats.requests.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn idle_keepalive_connection_closes_after_keepalive_timeout() {
+    let b = backends(&["app"]).await;
+    let lb = Fulcrum::start(&config(
+        b[0].addr,
+        r#"keepalive_timeout = "600ms"
+request_header_timeout = "5s""#,
+    ));
+    let mut stream = TcpStream::connect(lb.addr("web")).await.unwrap();
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut buf = [0u8; 1024];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let idle_from = Instant::now();
+    let (rest, closed) = read_until_closed(&mut stream, Duration::from_secs(10)).await;
+    assert!(rest.is_empty() || rest.ends_with(b"app\n"), "unexpected bytes {rest:?}");
+    let idle = closed - idle_from;
+    assert!(
+        idle >= Duration::from_millis(550),
+        "closed after {idle:?}, before keepalive_timeout"
+    );
+    assert!(
+        idle < Duration::from_secs(5),
+        "closed after {idle:?}: header timeout, not keepalive"
+    );
+}
+
+#[tokio::test]
+async fn connections_beyond_max_connections_wait_for_a_free_slot() {
+    let b = backends(&["app"]).await;
+    let lb = Fulcrum::start(&config(b[0].addr, "max_connections = 2"));
+    let web = lb.addr("web");
+    let mut first = Conn::open(web).await;
+    let mut second = Conn::open(web).await;
+    assert_eq!(
+        first
+            .send(request("GET", "/").body(Default::default()).unwrap())
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        second
+            .send(request("GET", "/").body(Default::default()).unwrap())
+            .await
+            .status,
+        200
+    );
+    // The third connection sits in the backlog: no answer while both slots are taken.
+    let mut third = tokio::spawn(async move { get(web, "/").await });
+    let early = tokio::time::timeout(Duration::from_millis(500), &mut third).await;
+    assert!(
+        early.is_err(),
+        "a third connection was served beyond max_connections = 2"
+    );
+    drop(first);
+    let resp = tokio::time::timeout(Duration::from_secs(10), third)
+        .await
+        .expect("served once a slot freed")
+        .unwrap();
+    assert_eq!(resp.status, 200);
+}
+
+#[tokio::test]
+async fn sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_0() {
+    let b = backends(&["app"]).await;
+    let mut lb = Fulcrum::start(&config(b[0].addr, ""));
+    let web = lb.addr("web");
+    let slow = tokio::spawn(async move { get(web, "/delay/1500").await });
+    support::wait_until("the slow request reached the backend", Duration::from_secs(10), || {
+        b[0].stats.requests.load(std::sync::atomic::Ordering::Relaxed) == 1
+    })
+    .await;
+    lb.signal("TERM");
+    support::wait_until("the listener stopped accepting", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(web).is_err()
+    })
+    .await;
+    let resp = slow.await.unwrap();
+    assert_eq!(resp.status, 200, "in-flight request finished");
+    assert!(
+        lb.wait_exit(Duration::from_secs(15)).success(),
+        "exit code 0\n{}",
+        lb.logs()
+    );
+}
