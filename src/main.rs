@@ -146,6 +146,7 @@ fn demo() -> anyhow::Result<()> {
         r#"
 [global]
 shutdown_grace = "5s"
+workers = 1          # one worker: round robin is easy to see request by request
 
 [[listeners]]
 name = "web"

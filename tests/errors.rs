@@ -43,6 +43,34 @@ async fn dead_server_gives_502() {
 }
 
 #[tokio::test]
+async fn unreachable_server_gives_504_at_the_connect_timeout() {
+    // A listener whose accept queue is full: the kernel drops further SYNs,
+    // so a connect hangs until the balancer's connect_timeout.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into())
+        .unwrap();
+    socket.listen(0).unwrap();
+    let full = socket.local_addr().unwrap().as_socket().unwrap();
+    let _queued: Vec<_> = (0..4)
+        .filter_map(|_| std::net::TcpStream::connect_timeout(&full, Duration::from_millis(200)).ok())
+        .collect();
+    let lb = Fulcrum::start(&config(&full.to_string(), "", r#"connect_timeout = "300ms""#));
+    let started = Instant::now();
+    let resp = get(lb.addr("web"), "/").await;
+    assert_error_body(&resp, 504);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(300),
+        "answered before the connect timeout: {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "did not honour connect_timeout: {took:?}"
+    );
+}
+
+#[tokio::test]
 async fn slow_server_gives_504_at_the_read_timeout() {
     let b = backends(&["slow"]).await;
     let lb = Fulcrum::start(&config(&b[0].addr.to_string(), "", r#"read_timeout = "300ms""#));

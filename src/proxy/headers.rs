@@ -46,42 +46,59 @@ fn generate_request_id() -> HeaderValue {
 /// Removes the headers that describe one connection rather than the message:
 /// those named in `Connection`, and the fixed list of RFC 9110 §7.6.1.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over the names is cheaper than a
-    // hash lookup per listed header.
-    if !headers.keys().any(is_hop_by_hop) {
+    // One pass over the names finds which hop-by-hop headers are present;
+    // most messages have none or only `Connection: keep-alive` (nginx sends
+    // it on every response), so the common case removes one header and
+    // allocates nothing.
+    let mut present = [false; HOP_BY_HOP_COUNT];
+    let mut any = false;
+    for name in headers.keys() {
+        if let Some(i) = hop_by_hop_index(name) {
+            present[i] = true;
+            any = true;
+        }
+    }
+    if !any {
         return;
     }
-    if headers.contains_key(header::CONNECTION) {
+    if present[0] {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+            .map(str::trim)
+            // These two name no header beyond the fixed list.
+            .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
         for name in named {
             headers.remove(name);
         }
-        headers.remove(header::CONNECTION);
     }
-    for name in [
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        header::TE,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
-        headers.remove(name);
+    for (i, present) in present.into_iter().enumerate() {
+        if present {
+            headers.remove(hop_by_hop_name(i));
+        }
     }
 }
 
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    *name == header::CONNECTION
-        || *name == header::TRANSFER_ENCODING
-        || *name == header::TE
-        || *name == header::UPGRADE
-        || *name == KEEP_ALIVE
-        || *name == PROXY_CONNECTION
+const HOP_BY_HOP_COUNT: usize = 6;
+
+/// The RFC 9110 §7.6.1 list, `Connection` at 0.
+fn hop_by_hop_name(index: usize) -> HeaderName {
+    match index {
+        0 => header::CONNECTION,
+        1 => KEEP_ALIVE,
+        2 => PROXY_CONNECTION,
+        3 => header::TE,
+        4 => header::TRANSFER_ENCODING,
+        _ => header::UPGRADE,
+    }
+}
+
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    (0..HOP_BY_HOP_COUNT).find(|&i| *name == hop_by_hop_name(i))
 }
 
 /// Tells the upstream who the client is and what it asked for.
