@@ -141,6 +141,7 @@ mod tests {
             rewrite_prefix: None,
             connect_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(1),
+            retry: None,
             request_headers: HeaderEdits::default(),
             response_headers: HeaderEdits::default(),
         }

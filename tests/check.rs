@@ -128,8 +128,8 @@ fn syntax_error_has_a_position() {
 
 #[test]
 fn keys_not_built_yet_are_refused_not_ignored() {
-    let toml = VALID.replace("upstream = \"app\"", "upstream = \"app\"\nretry = { tries = 2 }");
-    assert_error(&toml, "8:9: routes[0].retry:", "not supported yet");
+    let toml = VALID.replace("[upstreams.app]", "[upstreams.app]\nsticky = { cookie = \"S\" }");
+    assert_error(&toml, "10:10: upstreams.app.sticky:", "not supported yet");
 }
 
 #[test]

@@ -50,7 +50,12 @@ mod tests {
     fn up(weights: &[u32]) -> Vec<Candidate> {
         weights
             .iter()
-            .map(|&weight| Candidate { weight, eligible: true })
+            .map(|&weight| Candidate {
+                weight,
+                eligible: true,
+                in_flight: 0,
+                latency_us: 1.0,
+            })
             .collect()
     }
 
@@ -68,7 +73,9 @@ mod tests {
         let c = vec![
             Candidate {
                 weight: 1,
-                eligible: false
+                eligible: false,
+                in_flight: 0,
+                latency_us: 1.0,
             };
             2
         ];
@@ -95,7 +102,7 @@ mod tests {
             servers in proptest::collection::vec((1u32..10, any::<bool>()), 1..8),
             picks in 1usize..200,
         ) {
-            let c: Vec<Candidate> = servers.iter().map(|&(weight, eligible)| Candidate { weight, eligible }).collect();
+            let c: Vec<Candidate> = servers.iter().map(|&(weight, eligible)| Candidate { weight, eligible, in_flight: 0, latency_us: 1.0 }).collect();
             let mut rr = SmoothWeighted::new(c.len());
             for _ in 0..picks {
                 match rr.pick(&c) {

@@ -87,6 +87,8 @@ pub struct Route {
     pub rewrite_prefix: Option<String>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    /// `None`: one try only.
+    pub retry: Option<Retry>,
     pub request_headers: HeaderEdits,
     pub response_headers: HeaderEdits,
 }
@@ -107,6 +109,37 @@ pub enum RouteAction {
     Respond { status: StatusCode, body: Bytes },
 }
 
+/// When and how often a failed request is tried again on another server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retry {
+    /// Total tries, the first included (at least 1).
+    pub tries: u32,
+    pub on: RetryOn,
+    /// Bound on the time spent over all tries.
+    pub timeout: Option<Duration>,
+}
+
+/// The failures that trigger a retry (and that count as passive failures).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RetryOn {
+    pub error: bool,
+    pub timeout: bool,
+    pub http_502: bool,
+    pub http_503: bool,
+    pub http_504: bool,
+}
+
+impl RetryOn {
+    pub fn status(&self, status: u16) -> bool {
+        match status {
+            502 => self.http_502,
+            503 => self.http_503,
+            504 => self.http_504,
+            _ => false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct HeaderEdits {
     pub set: Vec<(HeaderName, HeaderValue)>,
@@ -117,6 +150,12 @@ pub struct HeaderEdits {
 pub struct Upstream {
     pub name: String,
     pub balance: Balance,
+    /// What `balance = "hash"` hashes; `ip_hash` always uses the client IP.
+    pub hash_key: Option<HashKey>,
+    /// Passive health: this many failures within `fail_timeout` take a
+    /// server out for `fail_timeout`. 0 disables it.
+    pub max_fails: u32,
+    pub fail_timeout: Duration,
     /// Idle pooled connections kept per server (per worker thread).
     pub keepalive: usize,
     pub keepalive_timeout: Duration,
@@ -126,6 +165,21 @@ pub struct Upstream {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Balance {
     RoundRobin,
+    LeastConn,
+    IpHash,
+    Hash,
+    Random,
+    Ewma,
+}
+
+/// Where `balance = "hash"` finds its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    ClientIp,
+    Header(http::HeaderName),
+    Cookie(String),
+    Path,
+    Query(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,4 +188,8 @@ pub struct Server {
     pub address: String,
     /// At least 1.
     pub weight: u32,
+    /// Used only while no other server is up.
+    pub backup: bool,
+    /// At most this many requests in flight here (circuit breaker).
+    pub max_requests: Option<u32>,
 }

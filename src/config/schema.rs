@@ -114,8 +114,11 @@ pub struct RetrySpec {
 pub enum RetryOnSpec {
     Error,
     Timeout,
+    #[serde(rename = "http_502")]
     Http502,
+    #[serde(rename = "http_503")]
     Http503,
+    #[serde(rename = "http_504")]
     Http504,
 }
 

@@ -3,7 +3,7 @@
 //! its feature lands.
 
 use super::Sink;
-use super::schema::{BalanceSpec, GlobalSpec, ListenerSpec, RouteSpec, ServerSpec, UpstreamSpec};
+use super::schema::{GlobalSpec, ListenerSpec, RouteSpec, UpstreamSpec};
 
 fn reject(sink: &mut Sink, span: Option<std::ops::Range<usize>>, what: &str) {
     sink.error(span, format!("{what} is not supported yet"));
@@ -49,52 +49,20 @@ pub(super) fn route(r: &RouteSpec, sink: &mut Sink) {
     if let Some(v) = &r.rate_limit {
         reject(sink, Some(v.span()), "`rate_limit`");
     }
-    if let Some(v) = &r.retry {
-        reject(sink, Some(v.span()), "`retry`");
-    }
     if let Some(v) = &r.compress {
         reject(sink, Some(v.span()), "`compress`");
     }
 }
 
 pub(super) fn upstream(u: &UpstreamSpec, sink: &mut Sink) {
-    if let Some(v) = &u.balance
-        && *v.get_ref() != BalanceSpec::RoundRobin
-    {
-        reject(
-            sink,
-            Some(v.span()),
-            "this balancing algorithm (only \"round_robin\" for now)",
-        );
-    }
-    if let Some(v) = &u.hash_key {
-        reject(sink, Some(v.span()), "`hash_key`");
-    }
     if let Some(v) = &u.sticky {
         reject(sink, Some(v.span()), "`sticky`");
-    }
-    if let Some(v) = &u.max_fails {
-        reject(sink, Some(v.span()), "`max_fails` (passive health checks)");
-    }
-    if let Some(v) = &u.fail_timeout {
-        reject(sink, Some(v.span()), "`fail_timeout` (passive health checks)");
     }
     if let Some(v) = &u.slow_start {
         reject(sink, Some(v.span()), "`slow_start`");
     }
     if let Some(v) = &u.health_check {
         reject(sink, Some(v.span()), "active health checks (`health_check`)");
-    }
-}
-
-pub(super) fn server(s: &ServerSpec, sink: &mut Sink) {
-    if let Some(v) = &s.backup
-        && *v.get_ref()
-    {
-        reject(sink, Some(v.span()), "`backup` servers");
-    }
-    if let Some(v) = &s.max_requests {
-        reject(sink, Some(v.span()), "`max_requests`");
     }
 }
 

@@ -160,7 +160,13 @@ pub fn parse_server_address(t: &str) -> Result<String, String> {
     let host_ok = !host.is_empty()
         && host.len() <= 253
         && host.split('.').all(|label| {
-            !label.is_empty() && label.len() <= 63 && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            // `_` is not valid DNS, but Docker and Compose service names
+            // (`api_gateway_1`) use it and resolve fine.
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         });
     if !host_ok {
         return Err(bad());
@@ -254,6 +260,7 @@ mod tests {
         assert!(parse_server_address("127.0.0.1:9001").is_ok());
         assert!(parse_server_address("[::1]:9001").is_ok());
         assert!(parse_server_address("app2.internal:3000").is_ok());
+        assert!(parse_server_address("api_gateway_1:80").is_ok());
         for bad in ["app", "app:", "app:99999", ":80", "a b:80"] {
             assert!(parse_server_address(bad).is_err(), "{bad}");
         }

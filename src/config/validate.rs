@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::{HeaderName, StatusCode};
 
 use super::model::*;
-use super::schema::{BalanceSpec, HeaderEditsSpec};
+use super::schema::{BalanceSpec, HeaderEditsSpec, RetryOnSpec, RetrySpec};
 use super::{Sink, Specs, unbuilt};
 
 const MAX_WORKERS: usize = 1024;
@@ -165,7 +165,6 @@ fn upstreams(specs: &Specs, sink: &mut Sink) -> Vec<Upstream> {
         let mut seen: HashMap<&str, ()> = HashMap::new();
         let mut servers = Vec::new();
         for s in servers_spec {
-            unbuilt::server(s, sink);
             let address = s.address.get_ref().0.as_str();
             if seen.insert(address, ()).is_some() {
                 sink.error(
@@ -177,15 +176,51 @@ fn upstreams(specs: &Specs, sink: &mut Sink) -> Vec<Upstream> {
             if weight == 0 {
                 sink.error(s.weight.as_ref().map(|w| w.span()), "weight must be at least 1");
             }
+            let max_requests = s.max_requests.as_ref().map(|m| *m.get_ref());
+            if max_requests == Some(0) {
+                sink.error(
+                    s.max_requests.as_ref().map(|m| m.span()),
+                    "max_requests must be at least 1",
+                );
+            }
             servers.push(Server {
                 address: address.to_string(),
                 weight: weight.max(1),
+                backup: s.backup.as_ref().is_some_and(|b| *b.get_ref()),
+                max_requests,
             });
         }
+        if !servers.is_empty() && servers.iter().all(|s| s.backup) {
+            sink.error(
+                Some(u.servers.span()),
+                format!("upstream `{name}` has only backup servers"),
+            );
+        }
         let _ = span;
+        let hash_key = u.hash_key.as_ref().and_then(|k| match hash_key(&k.get_ref().0) {
+            Ok(key) => Some(key),
+            Err(message) => {
+                sink.error(Some(k.span()), message);
+                None
+            }
+        });
         out.push(Upstream {
             name: name.clone(),
-            balance: Balance::RoundRobin,
+            balance: match u.balance.as_ref().map(|b| *b.get_ref()) {
+                None | Some(BalanceSpec::RoundRobin) => Balance::RoundRobin,
+                Some(BalanceSpec::LeastConn) => Balance::LeastConn,
+                Some(BalanceSpec::IpHash) => Balance::IpHash,
+                Some(BalanceSpec::Hash) => Balance::Hash,
+                Some(BalanceSpec::Random) => Balance::Random,
+                Some(BalanceSpec::Ewma) => Balance::Ewma,
+            },
+            hash_key,
+            // nginx's defaults: one failure takes a server out for 10 s.
+            max_fails: u.max_fails.as_ref().map_or(1, |m| *m.get_ref()),
+            fail_timeout: u
+                .fail_timeout
+                .as_ref()
+                .map_or(Duration::from_secs(10), |d| d.get_ref().0),
             keepalive: u.keepalive.unwrap_or(64),
             keepalive_timeout: u.keepalive_timeout.map_or(Duration::from_secs(60), |d| d.0),
             servers,
@@ -281,6 +316,11 @@ fn routes(
             rewrite_prefix: r.rewrite_prefix.as_ref().map(|p| p.get_ref().clone()),
             connect_timeout: r.connect_timeout.map_or(Duration::from_secs(5), |d| d.0),
             read_timeout: r.read_timeout.map_or(Duration::from_secs(60), |d| d.0),
+            retry: retry(
+                r.retry.as_ref().map(|r| r.get_ref()),
+                sink,
+                r.retry.as_ref().map(|r| r.span()),
+            ),
             request_headers: edits(r.request_headers.as_ref(), span, sink),
             response_headers: edits(r.response_headers.as_ref(), span, sink),
         });
@@ -344,4 +384,69 @@ fn edits(spec: Option<&HeaderEditsSpec>, span: &Option<std::ops::Range<usize>>, 
         set,
         remove: spec.remove.iter().map(|n| n.0.clone()).collect(),
     }
+}
+
+fn hash_key((kind, name): &(String, Option<String>)) -> Result<HashKey, String> {
+    let named = |what: &str| {
+        name.clone()
+            .ok_or_else(|| format!("`{kind}` needs a name: `{kind}:NAME`"))
+            .map(|n| (what.to_string(), n))
+    };
+    match kind.as_str() {
+        "client_ip" if name.is_none() => Ok(HashKey::ClientIp),
+        "path" if name.is_none() => Ok(HashKey::Path),
+        "header" => {
+            let (_, n) = named("header")?;
+            HeaderName::from_bytes(n.as_bytes())
+                .map(HashKey::Header)
+                .map_err(|_| format!("invalid header name {n:?}"))
+        }
+        "cookie" => named("cookie").map(|(_, n)| HashKey::Cookie(n)),
+        "query" => named("query").map(|(_, n)| HashKey::Query(n)),
+        _ => Err(format!(
+            "invalid hash_key `{kind}`: expected client_ip, header:NAME, cookie:NAME, path or query:NAME"
+        )),
+    }
+}
+
+/// Without a `retry` table a route still tries a second server after a
+/// connection error or timeout, as nginx's `proxy_next_upstream` does.
+fn retry(spec: Option<&RetrySpec>, sink: &mut Sink, span: Option<std::ops::Range<usize>>) -> Option<Retry> {
+    let default_on = RetryOn {
+        error: true,
+        timeout: true,
+        ..RetryOn::default()
+    };
+    let Some(spec) = spec else {
+        return Some(Retry {
+            tries: 2,
+            on: default_on,
+            timeout: None,
+        });
+    };
+    let tries = spec.tries.unwrap_or(2);
+    if !(1..=10).contains(&tries) {
+        sink.error(span, "retry.tries must be between 1 and 10");
+    }
+    let on = match &spec.on {
+        None => default_on,
+        Some(list) => {
+            let mut on = RetryOn::default();
+            for item in list {
+                match item {
+                    RetryOnSpec::Error => on.error = true,
+                    RetryOnSpec::Timeout => on.timeout = true,
+                    RetryOnSpec::Http502 => on.http_502 = true,
+                    RetryOnSpec::Http503 => on.http_503 = true,
+                    RetryOnSpec::Http504 => on.http_504 = true,
+                }
+            }
+            on
+        }
+    };
+    Some(Retry {
+        tries: tries.clamp(1, 10),
+        on,
+        timeout: spec.timeout.map(|d| d.0),
+    })
 }

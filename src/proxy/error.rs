@@ -16,6 +16,8 @@ pub enum ProxyError {
     BodyTooLarge,
     #[error("no healthy server")]
     NoServer,
+    #[error("every server is at its max_requests")]
+    AllBusy,
     #[error("upstream connect failed")]
     ConnectFailed,
     #[error("upstream connect timed out")]
@@ -33,7 +35,7 @@ impl ProxyError {
             ProxyError::BadRequest => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::NoServer => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoServer | ProxyError::AllBusy => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ConnectFailed | ProxyError::UpstreamFailed => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout | ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -79,6 +81,7 @@ mod tests {
             (ProxyError::NoRoute, 404),
             (ProxyError::BodyTooLarge, 413),
             (ProxyError::NoServer, 503),
+            (ProxyError::AllBusy, 503),
             (ProxyError::ConnectFailed, 502),
             (ProxyError::UpstreamFailed, 502),
             (ProxyError::ConnectTimeout, 504),

@@ -3,20 +3,23 @@
 
 mod error;
 pub mod headers;
+mod key;
 
 pub use error::ProxyError;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
-use http::{HeaderValue, Request, Response, Uri, Version, header};
+use http::{HeaderValue, Method, Request, Response, Uri, Version, header};
+use http_body::Body as _;
 use hyper::body::Incoming;
 
 use crate::body::{BodyError, RequestBody, ResponseBody, UpstreamBody};
 use crate::config::{Listener, ListenerId, Route, RouteAction};
-use crate::router::{self, RouteId};
+use crate::router;
 use crate::server::{Shared, Snapshot};
-use crate::upstream::{ActiveGuard, ConnectError, ServerState};
+use crate::upstream::{ActiveGuard, ConnectError, NoServer, ServerState, UpstreamPool};
 
 /// What the proxy knows about the client side of a request.
 #[derive(Debug, Clone)]
@@ -77,11 +80,109 @@ async fn forward(
         RouteAction::Upstream(id) => *id,
     };
     let upstream = snapshot.upstream(upstream_id);
-    let server = upstream.pick().ok_or(ProxyError::NoServer)?.clone();
+    let key = key::request_key(upstream, &req, client);
+    let idempotent = is_idempotent(req.method());
     let upstream_req = upstream_request(req, client, listener, route, request_id)?;
-    let mut response = send(upstream_req, &server, route, route_id).await?;
+    let (mut response, server) = try_servers(upstream_req, upstream, route, key, idempotent).await?;
     finish_response(&mut response, route, listener, &server);
     Ok(response)
+}
+
+/// Methods that may be sent twice (RFC 9110 §9.2.2).
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// A response and the server that gave it, or why there is none.
+type Outcome = Result<(Response<ResponseBody>, Arc<ServerState>), ProxyError>;
+
+/// Most tries a route can ask for (`retry.tries` is validated to 1..=10).
+const MAX_TRIES: usize = 10;
+
+/// Sends the request to one server after another until one answers well,
+/// within the route's `retry` policy and the upstream's retry budget. Each
+/// try goes to a server this request has not used.
+async fn try_servers(
+    mut req: Request<RequestBody>,
+    upstream: &UpstreamPool,
+    route: &Route,
+    key: Option<u64>,
+    idempotent: bool,
+) -> Outcome {
+    upstream.retry_budget.deposit();
+    let retry = route.retry.as_ref().filter(|_| idempotent);
+    let max_tries = retry.map_or(1, |r| r.tries as usize).min(MAX_TRIES);
+    let on = retry.map(|r| r.on).unwrap_or_default();
+    // A request whose body is already sent can go again only if it had none.
+    let replayable = req.body().is_end_stream();
+    let needs_copy = replayable && (on.timeout || on.http_502 || on.http_503 || on.http_504);
+    let deadline = retry.and_then(|r| r.timeout).map(|t| Instant::now() + t);
+    let mut tried = [0usize; MAX_TRIES];
+    let mut tries = 0;
+    // What the client gets if no other server is left to try.
+    let mut last: Option<Outcome> = None;
+    loop {
+        let (index, server) = match upstream.pick(key, &tried[..tries]) {
+            Ok((index, server)) => (index, server.clone()),
+            Err(_) if last.is_some() => return last.unwrap_or(Err(ProxyError::NoServer)),
+            Err(NoServer::Busy) => return Err(ProxyError::AllBusy),
+            Err(NoServer::Down) => return Err(ProxyError::NoServer),
+        };
+        tried[tries] = index;
+        tries += 1;
+        let may_retry = tries < max_tries && deadline.is_none_or(|d| Instant::now() < d);
+        let copy = if may_retry && needs_copy {
+            Some(copy_head(&req))
+        } else {
+            None
+        };
+        let started = Instant::now();
+        match send(req, &server, route).await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                if !on.status(status) {
+                    server.record_success(started.elapsed());
+                    return Ok((response, server));
+                }
+                server.record_failure(&upstream.name);
+                match copy {
+                    Some(again) if upstream.retry_budget.try_withdraw() => {
+                        req = again;
+                        last = Some(Ok((response, server)));
+                    }
+                    _ => return Ok((response, server)),
+                }
+            }
+            Err(failed) => {
+                server.record_failure(&upstream.name);
+                let retryable = match failed.error {
+                    ProxyError::ConnectTimeout | ProxyError::UpstreamTimeout => on.timeout,
+                    ProxyError::ConnectFailed | ProxyError::UpstreamFailed => on.error,
+                    _ => false,
+                };
+                match failed.unsent.or(copy) {
+                    Some(again) if retryable && may_retry && upstream.retry_budget.try_withdraw() => {
+                        req = again;
+                        last = Some(Err(failed.error));
+                    }
+                    _ => return Err(failed.error),
+                }
+            }
+        }
+    }
+}
+
+/// The request line and headers again, for a retry of a bodiless request.
+fn copy_head(req: &Request<RequestBody>) -> Request<RequestBody> {
+    let mut copy = Request::new(RequestBody::Full(None));
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
 }
 
 fn declared_length<B>(req: &Request<B>) -> Option<u64> {
@@ -150,31 +251,47 @@ fn upstream_uri(uri: &Uri, route: &Route) -> Result<Uri, ProxyError> {
     }
 }
 
+/// A try that got no response; `unsent` is the request when it never left.
+struct Failed {
+    error: ProxyError,
+    unsent: Option<Request<RequestBody>>,
+}
+
 /// Sends the request on a pooled (or new) connection and waits for the
 /// response head within the route's `read_timeout`.
 async fn send(
     req: Request<RequestBody>,
     server: &Arc<ServerState>,
     route: &Route,
-    route_id: RouteId,
-) -> Result<Response<ResponseBody>, ProxyError> {
+) -> Result<Response<ResponseBody>, Failed> {
     let active = ActiveGuard::new(server.clone());
     let mut req = req;
     // A pooled connection the server closed meanwhile hands the request back
     // unsent; that one retry on a fresh connection is always safe.
     let mut fresh_only = false;
     loop {
-        let mut conn = if fresh_only {
+        let connected = if fresh_only {
             server.connect_fresh(route.connect_timeout).await
         } else {
             server.connect(route.connect_timeout).await
-        }
-        .map_err(|e| connect_error(e, server, route_id))?;
+        };
+        let mut conn = match connected {
+            Ok(conn) => conn,
+            Err(e) => {
+                return Err(Failed {
+                    error: connect_error(e, server),
+                    unsent: Some(req),
+                });
+            }
+        };
         let sent = tokio::time::timeout(route.read_timeout, conn.sender.try_send_request(req)).await;
         match sent {
             Err(_elapsed) => {
                 tracing::debug!(server = %server.address, "upstream response timed out");
-                return Err(ProxyError::UpstreamTimeout);
+                return Err(Failed {
+                    error: ProxyError::UpstreamTimeout,
+                    unsent: None,
+                });
             }
             Ok(Ok(response)) => {
                 let (parts, body) = response.into_parts();
@@ -185,16 +302,22 @@ async fn send(
                 let unsent = error.take_message();
                 let error = error.into_error();
                 if let Some(BodyError::TooLarge { .. }) = BodyError::find(&error) {
-                    return Err(ProxyError::BodyTooLarge);
+                    return Err(Failed {
+                        error: ProxyError::BodyTooLarge,
+                        unsent: None,
+                    });
                 }
                 match unsent {
                     Some(back) if conn.reused && !fresh_only => {
                         req = back;
                         fresh_only = true;
                     }
-                    _ => {
+                    unsent => {
                         tracing::debug!(server = %server.address, %error, "upstream request failed");
-                        return Err(ProxyError::UpstreamFailed);
+                        return Err(Failed {
+                            error: ProxyError::UpstreamFailed,
+                            unsent,
+                        });
                     }
                 }
             }
@@ -202,8 +325,8 @@ async fn send(
     }
 }
 
-fn connect_error(error: ConnectError, server: &ServerState, route_id: RouteId) -> ProxyError {
-    tracing::debug!(server = %server.address, route = route_id.0, %error, "upstream connect failed");
+fn connect_error(error: ConnectError, server: &ServerState) -> ProxyError {
+    tracing::debug!(server = %server.address, %error, "upstream connect failed");
     match error {
         ConnectError::Timeout { .. } => ProxyError::ConnectTimeout,
         ConnectError::Io { .. } | ConnectError::Handshake { .. } => ProxyError::ConnectFailed,

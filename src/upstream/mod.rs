@@ -1,17 +1,20 @@
-//! Upstreams at run time: each server's shared state (in-flight count, pooled
-//! connections) and the per-worker balancing state.
+//! Upstreams at run time: each server's shared state (in-flight count,
+//! health, latency, pooled connections), the per-worker balancing state, and
+//! the retry budget.
 
+pub mod health;
 mod pool;
 
 pub use pool::{ConnectError, PooledConn};
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::balance::{Balancer, Candidate};
 use crate::config;
 use crate::server::worker;
+use health::{PassiveHealth, PeakEwma};
 
 /// One server of an upstream, shared by every worker thread.
 #[derive(Debug)]
@@ -19,17 +22,32 @@ pub struct ServerState {
     /// `host:port` as configured; also its identity across reloads.
     pub address: String,
     pub weight: u32,
+    pub backup: bool,
+    pub max_requests: Option<u32>,
     /// Requests currently being forwarded to this server.
     active: AtomicUsize,
+    pub passive: PassiveHealth,
+    pub latency: PeakEwma,
     pool: pool::ConnPool,
 }
 
 impl ServerState {
     pub fn new(server: &config::Server, upstream: &config::Upstream, workers: usize) -> Self {
+        // As nginx does, a lone server is never marked down: there is nowhere
+        // else to send its traffic.
+        let max_fails = if upstream.servers.len() > 1 {
+            upstream.max_fails
+        } else {
+            0
+        };
         ServerState {
             address: server.address.clone(),
             weight: server.weight,
+            backup: server.backup,
+            max_requests: server.max_requests,
             active: AtomicUsize::new(0),
+            passive: PassiveHealth::new(max_fails, upstream.fail_timeout),
+            latency: PeakEwma::default(),
             pool: pool::ConnPool::new(
                 server.address.clone(),
                 upstream.keepalive,
@@ -41,6 +59,28 @@ impl ServerState {
 
     pub fn active_requests(&self) -> usize {
         self.active.load(Ordering::Relaxed)
+    }
+
+    pub fn is_up(&self, now_ms: u64) -> bool {
+        self.passive.is_up(now_ms)
+    }
+
+    fn at_capacity(&self) -> bool {
+        self.max_requests
+            .is_some_and(|max| self.active_requests() >= max as usize)
+    }
+
+    /// Counts a failed attempt (connect error, timeout, or a status the
+    /// route retries on); logs when it takes the server out.
+    pub fn record_failure(&self, upstream: &str) {
+        if self.passive.record_failure(health::now_ms()) {
+            tracing::warn!(upstream, server = %self.address, "server marked down after consecutive failures");
+        }
+    }
+
+    pub fn record_success(&self, latency: Duration) {
+        self.passive.record_success();
+        self.latency.observe(latency, health::now_ms());
     }
 
     /// A ready connection to this server: a pooled idle one, else a new one.
@@ -71,13 +111,29 @@ impl Drop for ActiveGuard {
     }
 }
 
+/// Why no server could be picked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoServer {
+    /// Every server is down (or already tried by this request).
+    Down,
+    /// Servers are up but every one is at its `max_requests`.
+    Busy,
+}
+
+/// Most servers an upstream can track per-request "already tried" for; an
+/// upstream with more simply may retry on a server it tried.
+const MAX_CANDIDATES_ON_STACK: usize = 32;
+
 /// An upstream's servers plus the balancing state, kept per worker so that
 /// picking never contends across cores (as nginx keeps it per process).
 #[derive(Debug)]
 pub struct UpstreamPool {
     pub name: String,
+    pub kind: config::Balance,
+    pub hash_key: Option<config::HashKey>,
     pub servers: Vec<Arc<ServerState>>,
     balancers: Box<[worker::PerWorker<Mutex<Balancer>>]>,
+    pub retry_budget: RetryBudget,
 }
 
 impl UpstreamPool {
@@ -87,43 +143,121 @@ impl UpstreamPool {
             .iter()
             .map(|s| Arc::new(ServerState::new(s, upstream, workers)))
             .collect::<Vec<_>>();
+        let identities: Vec<(&str, u32)> = upstream
+            .servers
+            .iter()
+            .map(|s| (s.address.as_str(), s.weight))
+            .collect();
         let balancers = (0..workers.max(1))
-            .map(|_| worker::PerWorker::new(Mutex::new(Balancer::new(upstream.balance, servers.len()))))
+            .map(|_| {
+                let balancer = Balancer::new(upstream.balance, &identities, fastrand::u64(..));
+                worker::PerWorker::new(Mutex::new(balancer))
+            })
             .collect();
         UpstreamPool {
             name: upstream.name.clone(),
+            kind: upstream.balance,
+            hash_key: upstream.hash_key.clone(),
             servers,
             balancers,
+            retry_budget: RetryBudget::default(),
         }
     }
 
-    /// The server for the next request, or `None` when no server can take it.
-    pub fn pick(&self) -> Option<&Arc<ServerState>> {
-        let mut candidates = [Candidate {
+    /// The server for the next try: primaries while any is up, backups only
+    /// when none is. `tried` lists servers this request already used.
+    pub fn pick(&self, key: Option<u64>, tried: &[usize]) -> Result<(usize, &Arc<ServerState>), NoServer> {
+        let now = health::now_ms();
+        let primary_up = self.servers.iter().any(|s| !s.backup && s.is_up(now));
+        let mut on_stack = [Candidate {
             weight: 1,
             eligible: false,
-        }; 16];
-        let mut heap;
-        let candidates: &mut [Candidate] = if self.servers.len() <= candidates.len() {
-            &mut candidates[..self.servers.len()]
+            in_flight: 0,
+            latency_us: 1.0,
+        }; MAX_CANDIDATES_ON_STACK];
+        let mut on_heap;
+        let candidates: &mut [Candidate] = if self.servers.len() <= MAX_CANDIDATES_ON_STACK {
+            &mut on_stack[..self.servers.len()]
         } else {
-            heap = vec![
-                Candidate {
-                    weight: 1,
-                    eligible: false
-                };
-                self.servers.len()
-            ];
-            &mut heap
+            on_heap = vec![on_stack[0]; self.servers.len()];
+            &mut on_heap
         };
-        for (c, s) in candidates.iter_mut().zip(&self.servers) {
+        let mut any_up_untried = false;
+        for (i, (c, s)) in candidates.iter_mut().zip(&self.servers).enumerate() {
+            let in_tier = if primary_up { !s.backup } else { s.backup };
+            let usable = in_tier && s.is_up(now) && !tried.contains(&i);
+            any_up_untried |= usable;
             *c = Candidate {
                 weight: s.weight,
-                eligible: true,
+                eligible: usable && !s.at_capacity(),
+                in_flight: u32::try_from(s.active_requests()).unwrap_or(u32::MAX),
+                latency_us: s.latency.latency_us(now),
             };
         }
         let slot = &self.balancers[worker::current() % self.balancers.len()];
-        let index = slot.lock().unwrap_or_else(|e| e.into_inner()).pick(candidates)?;
-        self.servers.get(index)
+        let picked = slot.lock().unwrap_or_else(|e| e.into_inner()).pick(candidates, key);
+        match picked.and_then(|i| self.servers.get(i).map(|s| (i, s))) {
+            Some(found) => Ok(found),
+            None if any_up_untried => Err(NoServer::Busy),
+            None => Err(NoServer::Down),
+        }
+    }
+}
+
+/// Bounds retries to a share of recent traffic so that a brown-out cannot
+/// become a retry storm: each request deposits `RATIO` of a retry, each retry
+/// withdraws one; a small reserve lets a quiet upstream still retry.
+#[derive(Debug)]
+pub struct RetryBudget {
+    /// In thousandths of a retry.
+    balance_milli: AtomicI64,
+}
+
+impl RetryBudget {
+    const DEPOSIT_MILLI: i64 = 200; // 20 % of requests
+    const RESERVE_MILLI: i64 = 10_000; // 10 retries to start with
+    const MAX_MILLI: i64 = 100_000;
+
+    pub fn deposit(&self) {
+        let b = self.balance_milli.fetch_add(Self::DEPOSIT_MILLI, Ordering::Relaxed);
+        if b > Self::MAX_MILLI {
+            self.balance_milli.store(Self::MAX_MILLI, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes one retry from the budget, or says there is none.
+    pub fn try_withdraw(&self) -> bool {
+        if self.balance_milli.fetch_sub(1_000, Ordering::Relaxed) >= 1_000 {
+            return true;
+        }
+        self.balance_milli.fetch_add(1_000, Ordering::Relaxed);
+        false
+    }
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        RetryBudget {
+            balance_milli: AtomicI64::new(Self::RESERVE_MILLI),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_budget_allows_a_fifth_of_traffic_beyond_the_reserve() {
+        let budget = RetryBudget::default();
+        let mut granted = 0;
+        for _ in 0..1000 {
+            budget.deposit();
+            if budget.try_withdraw() {
+                granted += 1;
+            }
+        }
+        // Every request asked for a retry: 10 from the reserve + 20 % of 1000.
+        assert!((205..=212).contains(&granted), "granted {granted}");
     }
 }
