@@ -156,6 +156,9 @@ pub struct Upstream {
     /// server out for `fail_timeout`. 0 disables it.
     pub max_fails: u32,
     pub fail_timeout: Duration,
+    /// A server that comes back (or is new) ramps its weight up over this.
+    pub slow_start: Option<Duration>,
+    pub health_check: Option<HealthCheck>,
     /// Idle pooled connections kept per server (per worker thread).
     pub keepalive: usize,
     pub keepalive_timeout: Duration,
@@ -170,6 +173,20 @@ pub enum Balance {
     Hash,
     Random,
     Ewma,
+}
+
+/// Active health checks: a GET of `path` on every server each `interval`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub path: String,
+    /// `Host` header to send; the server's address when `None`.
+    pub host: Option<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+    /// Inclusive range of statuses that count as healthy.
+    pub expect_status: (u16, u16),
 }
 
 /// Where `balance = "hash"` finds its key.

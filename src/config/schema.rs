@@ -47,7 +47,8 @@ pub struct ListenerSpec {
     pub max_body_size: Option<SizeStr>,
     pub expose_upstream: Option<bool>,
     pub proxy_protocol: Option<Spanned<bool>>,
-    pub tls: Option<Spanned<TlsSpec>>,
+    // A `[listeners.tls]` table carries no span of its own.
+    pub tls: Option<TlsSpec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -150,7 +151,8 @@ pub struct UpstreamSpec {
     pub fail_timeout: Option<Spanned<DurationStr>>,
     pub slow_start: Option<Spanned<DurationStr>>,
     pub servers: Spanned<Vec<ServerSpec>>,
-    pub health_check: Option<Spanned<HealthCheckSpec>>,
+    // A `[upstreams.NAME.health_check]` table carries no span of its own.
+    pub health_check: Option<HealthCheckSpec>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

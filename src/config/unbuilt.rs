@@ -26,9 +26,9 @@ pub(super) fn global(g: &GlobalSpec, sink: &mut Sink) {
     }
 }
 
-pub(super) fn listener(l: &ListenerSpec, sink: &mut Sink) {
-    if let Some(v) = &l.tls {
-        reject(sink, Some(v.span()), "TLS (`tls`)");
+pub(super) fn listener(l: &ListenerSpec, span: Option<std::ops::Range<usize>>, sink: &mut Sink) {
+    if l.tls.is_some() {
+        reject(sink, span, "TLS (`tls`)");
     }
     if let Some(v) = &l.max_connections_per_ip
         && *v.get_ref() != 0
@@ -57,12 +57,6 @@ pub(super) fn route(r: &RouteSpec, sink: &mut Sink) {
 pub(super) fn upstream(u: &UpstreamSpec, sink: &mut Sink) {
     if let Some(v) = &u.sticky {
         reject(sink, Some(v.span()), "`sticky`");
-    }
-    if let Some(v) = &u.slow_start {
-        reject(sink, Some(v.span()), "`slow_start`");
-    }
-    if let Some(v) = &u.health_check {
-        reject(sink, Some(v.span()), "active health checks (`health_check`)");
     }
 }
 

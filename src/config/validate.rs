@@ -81,8 +81,8 @@ fn listeners(specs: &Specs, sink: &mut Sink) -> Vec<Listener> {
     let mut names: HashMap<String, ()> = HashMap::new();
     let mut addrs: HashMap<std::net::SocketAddr, ()> = HashMap::new();
     let mut out = Vec::new();
-    for (_, l) in &specs.listeners {
-        unbuilt::listener(l, sink);
+    for (span, l) in &specs.listeners {
+        unbuilt::listener(l, span.clone(), sink);
         let name = l.name.get_ref().clone();
         if name.is_empty() {
             sink.error(Some(l.name.span()), "a listener name cannot be empty");
@@ -142,8 +142,7 @@ fn upstreams(specs: &Specs, sink: &mut Sink) -> Vec<Upstream> {
         {
             sink.error(Some(k.span()), "`hash_key` is only used with balance = \"hash\"");
         }
-        if let Some(hc) = &u.health_check {
-            let hc_ref = hc.get_ref();
+        if let Some(hc_ref) = &u.health_check {
             for t in [&hc_ref.healthy_threshold, &hc_ref.unhealthy_threshold]
                 .into_iter()
                 .flatten()
@@ -152,10 +151,13 @@ fn upstreams(specs: &Specs, sink: &mut Sink) -> Vec<Upstream> {
                     sink.error(Some(t.span()), "thresholds must be at least 1");
                 }
             }
-            if let (Some(timeout), Some(interval)) = (hc_ref.timeout, hc_ref.interval)
-                && timeout.0 > interval.0
-            {
-                sink.error(Some(hc.span()), "health_check.timeout must not exceed its interval");
+            let timeout = hc_ref.timeout.map_or(Duration::from_secs(2), |d| d.0);
+            let interval = hc_ref.interval.map_or(Duration::from_secs(5), |d| d.0);
+            if timeout > interval {
+                sink.error(span.clone(), "health_check.timeout must not exceed its interval");
+            }
+            if hc_ref.path.as_ref().is_some_and(|p| !p.starts_with('/')) {
+                sink.error(span.clone(), "health_check.path must start with `/`");
             }
         }
         let servers_spec = u.servers.get_ref();
@@ -196,7 +198,6 @@ fn upstreams(specs: &Specs, sink: &mut Sink) -> Vec<Upstream> {
                 format!("upstream `{name}` has only backup servers"),
             );
         }
-        let _ = span;
         let hash_key = u.hash_key.as_ref().and_then(|k| match hash_key(&k.get_ref().0) {
             Ok(key) => Some(key),
             Err(message) => {
@@ -221,6 +222,16 @@ fn upstreams(specs: &Specs, sink: &mut Sink) -> Vec<Upstream> {
                 .fail_timeout
                 .as_ref()
                 .map_or(Duration::from_secs(10), |d| d.get_ref().0),
+            slow_start: u.slow_start.as_ref().map(|d| d.get_ref().0).filter(|d| !d.is_zero()),
+            health_check: u.health_check.as_ref().map(|hc| HealthCheck {
+                path: hc.path.clone().unwrap_or_else(|| "/".to_string()),
+                host: hc.host.clone(),
+                interval: hc.interval.map_or(Duration::from_secs(5), |d| d.0),
+                timeout: hc.timeout.map_or(Duration::from_secs(2), |d| d.0),
+                healthy_threshold: hc.healthy_threshold.as_ref().map_or(2, |t| *t.get_ref()).max(1),
+                unhealthy_threshold: hc.unhealthy_threshold.as_ref().map_or(3, |t| *t.get_ref()).max(1),
+                expect_status: hc.expect_status.clone().map_or((200, 399), |s| s.0),
+            }),
             keepalive: u.keepalive.unwrap_or(64),
             keepalive_timeout: u.keepalive_timeout.map_or(Duration::from_secs(60), |d| d.0),
             servers,

@@ -91,6 +91,17 @@ impl Server {
         });
         let (shutdown, _) = watch::channel(false);
         let addrs = bound.iter().map(|b| (b.name.clone(), b.addr)).collect();
+        let health_checker = {
+            let snapshot = shared.snapshot.load();
+            let checks: Vec<_> = snapshot
+                .config
+                .upstreams
+                .iter()
+                .map(|u| u.health_check.clone())
+                .collect();
+            crate::upstream::checker::start(&snapshot.upstreams, &checks, shutdown.subscribe())
+                .context("cannot start the health-check thread")?
+        };
 
         let mut per_worker: Vec<Vec<(ListenerId, std::net::TcpListener, Arc<Semaphore>)>> =
             (0..workers).map(|_| Vec::new()).collect();
@@ -110,6 +121,7 @@ impl Server {
                 .context("cannot start a worker thread")?;
             handles.push(handle);
         }
+        handles.extend(health_checker);
         tracing::info!(workers, "ready");
         Ok(Server {
             shared,

@@ -39,6 +39,11 @@ impl PassiveHealth {
         now_ms >= self.down_until_ms.load(Ordering::Relaxed)
     }
 
+    /// When the server last came back from being marked down (0: never down).
+    pub fn up_since_ms(&self) -> u64 {
+        self.down_until_ms.load(Ordering::Relaxed)
+    }
+
     /// Counts a failure; true when it took the server down.
     pub fn record_failure(&self, now_ms: u64) -> bool {
         if self.max_fails == 0 {

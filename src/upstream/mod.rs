@@ -2,12 +2,13 @@
 //! health, latency, pooled connections), the per-worker balancing state, and
 //! the retry budget.
 
+pub mod checker;
 pub mod health;
 mod pool;
 
 pub use pool::{ConnectError, PooledConn};
 
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,6 +28,11 @@ pub struct ServerState {
     /// Requests currently being forwarded to this server.
     active: AtomicUsize,
     pub passive: PassiveHealth,
+    /// The verdict of active health checks (up until a check says otherwise).
+    checked_up: AtomicBool,
+    /// When active checks last brought the server back (`u64::MAX`: never).
+    checked_up_since_ms: AtomicU64,
+    slow_start_ms: u64,
     pub latency: PeakEwma,
     pool: pool::ConnPool,
 }
@@ -47,6 +53,9 @@ impl ServerState {
             max_requests: server.max_requests,
             active: AtomicUsize::new(0),
             passive: PassiveHealth::new(max_fails, upstream.fail_timeout),
+            checked_up: AtomicBool::new(true),
+            checked_up_since_ms: AtomicU64::new(u64::MAX),
+            slow_start_ms: upstream.slow_start.map_or(0, |d| d.as_millis() as u64),
             latency: PeakEwma::default(),
             pool: pool::ConnPool::new(
                 server.address.clone(),
@@ -62,7 +71,49 @@ impl ServerState {
     }
 
     pub fn is_up(&self, now_ms: u64) -> bool {
-        self.passive.is_up(now_ms)
+        self.checked_up.load(Ordering::Relaxed) && self.passive.is_up(now_ms)
+    }
+
+    pub fn checked_up(&self) -> bool {
+        self.checked_up.load(Ordering::Relaxed)
+    }
+
+    /// Records an active health-check verdict change; logs the transition.
+    pub fn set_checked_up(&self, up: bool, upstream: &str) {
+        if self.checked_up.swap(up, Ordering::Relaxed) == up {
+            return;
+        }
+        if up {
+            self.checked_up_since_ms.store(health::now_ms(), Ordering::Relaxed);
+            tracing::info!(upstream, server = %self.address, "health check passed: server up");
+        } else {
+            tracing::warn!(upstream, server = %self.address, "health check failed: server down");
+        }
+    }
+
+    /// The weight to balance with (scaled by `WEIGHT_SCALE`): during
+    /// `slow_start` after the server came back, it ramps from a tenth to full.
+    fn effective_weight(&self, now_ms: u64) -> u32 {
+        let full = self.weight.saturating_mul(WEIGHT_SCALE);
+        if self.slow_start_ms == 0 {
+            return full;
+        }
+        let back_since = self
+            .passive
+            .up_since_ms()
+            .max(match self.checked_up_since_ms.load(Ordering::Relaxed) {
+                u64::MAX => 0,
+                t => t,
+            });
+        if back_since == 0 || now_ms < back_since {
+            return full;
+        }
+        let elapsed = now_ms - back_since;
+        if elapsed >= self.slow_start_ms {
+            return full;
+        }
+        let ramped = u64::from(full) * elapsed / self.slow_start_ms;
+        (ramped as u32).max(full / 10).max(1)
     }
 
     fn at_capacity(&self) -> bool {
@@ -110,6 +161,9 @@ impl Drop for ActiveGuard {
         self.0.active.fetch_sub(1, Ordering::Relaxed);
     }
 }
+
+/// Weights are scaled up so that slow start can give a fraction of weight 1.
+const WEIGHT_SCALE: u32 = 16;
 
 /// Why no server could be picked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,7 +242,7 @@ impl UpstreamPool {
             let usable = in_tier && s.is_up(now) && !tried.contains(&i);
             any_up_untried |= usable;
             *c = Candidate {
-                weight: s.weight,
+                weight: s.effective_weight(now),
                 eligible: usable && !s.at_capacity(),
                 in_flight: u32::try_from(s.active_requests()).unwrap_or(u32::MAX),
                 latency_us: s.latency.latency_us(now),

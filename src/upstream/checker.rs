@@ -1,0 +1,132 @@
+//! Active health checks: every `interval`, a GET of `path` on each server of
+//! an upstream with a `health_check`. Checks run on a thread of their own,
+//! never on the request path, and are spread over the interval so that the
+//! servers are not all probed in the same millisecond. Only verdict changes
+//! are logged.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::{ServerState, UpstreamPool};
+use crate::config::HealthCheck;
+
+/// One server to watch.
+struct Target {
+    upstream: String,
+    server: Arc<ServerState>,
+    check: HealthCheck,
+    /// Delay before the first probe: the server's slot in the interval.
+    offset: Duration,
+}
+
+/// Starts the checker thread if any upstream has a `health_check`; it stops
+/// when `shutdown` turns true.
+pub fn start(
+    upstreams: &[UpstreamPool],
+    checks: &[Option<HealthCheck>],
+    shutdown: watch::Receiver<bool>,
+) -> std::io::Result<Option<std::thread::JoinHandle<()>>> {
+    let mut targets = Vec::new();
+    for (upstream, check) in upstreams.iter().zip(checks) {
+        let Some(check) = check else { continue };
+        let n = upstream.servers.len() as u32;
+        for (i, server) in upstream.servers.iter().enumerate() {
+            targets.push(Target {
+                upstream: upstream.name.clone(),
+                server: server.clone(),
+                check: check.clone(),
+                offset: check.interval * i as u32 / n.max(1),
+            });
+        }
+    }
+    if targets.is_empty() {
+        return Ok(None);
+    }
+    let handle = std::thread::Builder::new()
+        .name("fulcrum-health".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(error) => {
+                    tracing::error!(%error, "cannot start the health-check runtime");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let tasks: Vec<_> = targets
+                    .into_iter()
+                    .map(|t| tokio::spawn(watch_server(t, shutdown.clone())))
+                    .collect();
+                for task in tasks {
+                    let _ = task.await;
+                }
+            });
+        })?;
+    Ok(Some(handle))
+}
+
+async fn watch_server(target: Target, mut shutdown: watch::Receiver<bool>) {
+    let Target {
+        upstream,
+        server,
+        check,
+        offset,
+    } = target;
+    tokio::select! {
+        _ = tokio::time::sleep(offset) => {}
+        _ = shutdown.changed() => return,
+    }
+    let mut ticker = tokio::time::interval(check.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut passes, mut fails) = (0u32, 0u32);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let healthy = probe(&server.address, &check).await;
+        if healthy {
+            passes += 1;
+            fails = 0;
+            if passes >= check.healthy_threshold {
+                server.set_checked_up(true, &upstream);
+            }
+        } else {
+            fails += 1;
+            passes = 0;
+            if fails >= check.unhealthy_threshold {
+                server.set_checked_up(false, &upstream);
+            }
+        }
+    }
+}
+
+/// One check over a fresh connection: healthy when the status is in range
+/// within `timeout`.
+async fn probe(address: &str, check: &HealthCheck) -> bool {
+    let attempt = async {
+        let stream = TcpStream::connect(address).await.ok()?;
+        let _ = stream.set_nodelay(true);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;
+        let driver = tokio::spawn(conn);
+        let req = http::Request::get(check.path.as_str())
+            .header(http::header::HOST, check.host.as_deref().unwrap_or(address))
+            .header(http::header::USER_AGENT, "fulcrum-health-check")
+            .header(http::header::CONNECTION, "close")
+            .body(Empty::<Bytes>::new())
+            .ok()?;
+        let status = sender.send_request(req).await.ok()?.status().as_u16();
+        driver.abort();
+        Some(status)
+    };
+    match tokio::time::timeout(check.timeout, attempt).await {
+        Ok(Some(status)) => (check.expect_status.0..=check.expect_status.1).contains(&status),
+        _ => false,
+    }
+}
