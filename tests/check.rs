@@ -128,8 +128,8 @@ fn syntax_error_has_a_position() {
 
 #[test]
 fn keys_not_built_yet_are_refused_not_ignored() {
-    let toml = VALID.replace("[upstreams.app]", "[upstreams.app]\nsticky = { cookie = \"S\" }");
-    assert_error(&toml, "10:10: upstreams.app.sticky:", "not supported yet");
+    let toml = VALID.replace("upstream = \"app\"", "upstream = \"app\"\ncompress = [\"gzip\"]");
+    assert_error(&toml, "8:12: routes[0].compress:", "not supported yet");
 }
 
 #[test]

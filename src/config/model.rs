@@ -159,6 +159,8 @@ pub struct Upstream {
     /// A server that comes back (or is new) ramps its weight up over this.
     pub slow_start: Option<Duration>,
     pub health_check: Option<HealthCheck>,
+    /// Affinity by a cookie the balancer sets.
+    pub sticky: Option<Sticky>,
     /// Idle pooled connections kept per server (per worker thread).
     pub keepalive: usize,
     pub keepalive_timeout: Duration,
@@ -173,6 +175,14 @@ pub enum Balance {
     Hash,
     Random,
     Ewma,
+}
+
+/// `sticky = { cookie, max_age }`: the cookie names the server (opaquely).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sticky {
+    pub cookie: String,
+    /// `None`: a session cookie.
+    pub max_age: Option<Duration>,
 }
 
 /// Active health checks: a GET of `path` on every server each `interval`.

@@ -3,7 +3,7 @@
 //! its feature lands.
 
 use super::Sink;
-use super::schema::{GlobalSpec, ListenerSpec, RouteSpec, UpstreamSpec};
+use super::schema::{GlobalSpec, ListenerSpec, RouteSpec};
 
 fn reject(sink: &mut Sink, span: Option<std::ops::Range<usize>>, what: &str) {
     sink.error(span, format!("{what} is not supported yet"));
@@ -51,12 +51,6 @@ pub(super) fn route(r: &RouteSpec, sink: &mut Sink) {
     }
     if let Some(v) = &r.compress {
         reject(sink, Some(v.span()), "`compress`");
-    }
-}
-
-pub(super) fn upstream(u: &UpstreamSpec, sink: &mut Sink) {
-    if let Some(v) = &u.sticky {
-        reject(sink, Some(v.span()), "`sticky`");
     }
 }
 

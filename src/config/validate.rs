@@ -130,7 +130,6 @@ fn listeners(specs: &Specs, sink: &mut Sink) -> Vec<Listener> {
 fn upstreams(specs: &Specs, sink: &mut Sink) -> Vec<Upstream> {
     let mut out = Vec::new();
     for (name, span, u) in &specs.upstreams {
-        unbuilt::upstream(u, sink);
         if let Some(b) = &u.balance
             && *b.get_ref() == BalanceSpec::Hash
             && u.hash_key.is_none()
@@ -231,6 +230,18 @@ fn upstreams(specs: &Specs, sink: &mut Sink) -> Vec<Upstream> {
                 healthy_threshold: hc.healthy_threshold.as_ref().map_or(2, |t| *t.get_ref()).max(1),
                 unhealthy_threshold: hc.unhealthy_threshold.as_ref().map_or(3, |t| *t.get_ref()).max(1),
                 expect_status: hc.expect_status.clone().map_or((200, 399), |s| s.0),
+            }),
+            sticky: u.sticky.as_ref().and_then(|st| {
+                let spec = st.get_ref();
+                let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+                if spec.cookie.is_empty() || !spec.cookie.bytes().all(token) {
+                    sink.error(Some(st.span()), format!("invalid cookie name {:?}", spec.cookie));
+                    return None;
+                }
+                Some(Sticky {
+                    cookie: spec.cookie.clone(),
+                    max_age: spec.max_age.map(|d| d.0),
+                })
             }),
             keepalive: u.keepalive.unwrap_or(64),
             keepalive_timeout: u.keepalive_timeout.map_or(Duration::from_secs(60), |d| d.0),

@@ -24,7 +24,8 @@ pub fn request_key<B>(upstream: &UpstreamPool, req: &Request<B>, client: &Client
     }
 }
 
-fn cookie<'a, B>(req: &'a Request<B>, name: &str) -> Option<&'a [u8]> {
+/// The value of cookie `name` in the request, if any.
+pub fn cookie<'a, B>(req: &'a Request<B>, name: &str) -> Option<&'a [u8]> {
     req.headers()
         .get_all(http::header::COOKIE)
         .iter()

@@ -81,11 +81,35 @@ async fn forward(
     };
     let upstream = snapshot.upstream(upstream_id);
     let key = key::request_key(upstream, &req, client);
+    let pinned = upstream
+        .sticky
+        .as_ref()
+        .and_then(|sticky| key::cookie(&req, &sticky.cookie))
+        .and_then(|token| upstream.sticky_server(token));
     let idempotent = is_idempotent(req.method());
-    let upstream_req = upstream_request(req, client, listener, route, request_id)?;
-    let (mut response, server) = try_servers(upstream_req, upstream, route, key, idempotent).await?;
+    let (parts, body) = req.into_parts();
+    let body = request_body(body, &parts.headers, listener, route, idempotent).await?;
+    let upstream_req = upstream_request(parts, body, client, route, request_id)?;
+    let (mut response, server, index) = try_servers(upstream_req, upstream, route, key, pinned, idempotent).await?;
     finish_response(&mut response, route, listener, &server);
+    if let Some(sticky) = &upstream.sticky
+        && pinned != Some(index)
+    {
+        set_affinity_cookie(&mut response, sticky, upstream.sticky_token(index));
+    }
     Ok(response)
+}
+
+/// Pins the client to the server that answered: the cookie names it
+/// opaquely, so any instance with the same config honours it.
+fn set_affinity_cookie(response: &mut Response<ResponseBody>, sticky: &crate::config::Sticky, token: &str) {
+    let mut cookie = format!("{}={token}; Path=/; HttpOnly; SameSite=Lax", sticky.cookie);
+    if let Some(max_age) = sticky.max_age {
+        cookie.push_str(&format!("; Max-Age={}", max_age.as_secs()));
+    }
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
 }
 
 /// Methods that may be sent twice (RFC 9110 §9.2.2).
@@ -97,7 +121,7 @@ fn is_idempotent(method: &Method) -> bool {
 }
 
 /// A response and the server that gave it, or why there is none.
-type Outcome = Result<(Response<ResponseBody>, Arc<ServerState>), ProxyError>;
+type Outcome = Result<(Response<ResponseBody>, Arc<ServerState>, usize), ProxyError>;
 
 /// Most tries a route can ask for (`retry.tries` is validated to 1..=10).
 const MAX_TRIES: usize = 10;
@@ -110,6 +134,7 @@ async fn try_servers(
     upstream: &UpstreamPool,
     route: &Route,
     key: Option<u64>,
+    pinned: Option<usize>,
     idempotent: bool,
 ) -> Outcome {
     upstream.retry_budget.deposit();
@@ -117,7 +142,9 @@ async fn try_servers(
     let max_tries = retry.map_or(1, |r| r.tries as usize).min(MAX_TRIES);
     let on = retry.map(|r| r.on).unwrap_or_default();
     // A request whose body is already sent can go again only if it had none.
-    let replayable = req.body().is_end_stream();
+    // A request whose body has streamed upstream cannot be sent again; one
+    // held in memory (or with none) can.
+    let replayable = matches!(req.body(), RequestBody::Full(_)) || req.body().is_end_stream();
     let needs_copy = replayable && (on.timeout || on.http_502 || on.http_503 || on.http_504);
     let deadline = retry.and_then(|r| r.timeout).map(|t| Instant::now() + t);
     let mut tried = [0usize; MAX_TRIES];
@@ -125,7 +152,11 @@ async fn try_servers(
     // What the client gets if no other server is left to try.
     let mut last: Option<Outcome> = None;
     loop {
-        let (index, server) = match upstream.pick(key, &tried[..tries]) {
+        let picked = match pinned {
+            Some(index) if tries == 0 => Ok((index, &upstream.servers[index])),
+            _ => upstream.pick(key, &tried[..tries]),
+        };
+        let (index, server) = match picked {
             Ok((index, server)) => (index, server.clone()),
             Err(_) if last.is_some() => return last.unwrap_or(Err(ProxyError::NoServer)),
             Err(NoServer::Busy) => return Err(ProxyError::AllBusy),
@@ -145,15 +176,15 @@ async fn try_servers(
                 let status = response.status().as_u16();
                 if !on.status(status) {
                     server.record_success(started.elapsed());
-                    return Ok((response, server));
+                    return Ok((response, server, index));
                 }
                 server.record_failure(&upstream.name);
                 match copy {
                     Some(again) if upstream.retry_budget.try_withdraw() => {
                         req = again;
-                        last = Some(Ok((response, server)));
+                        last = Some(Ok((response, server, index)));
                     }
-                    _ => return Ok((response, server)),
+                    _ => return Ok((response, server, index)),
                 }
             }
             Err(failed) => {
@@ -175,9 +206,13 @@ async fn try_servers(
     }
 }
 
-/// The request line and headers again, for a retry of a bodiless request.
+/// The request again for a retry: its head, and its body when held in memory.
 fn copy_head(req: &Request<RequestBody>) -> Request<RequestBody> {
-    let mut copy = Request::new(RequestBody::Full(None));
+    let body = match req.body() {
+        RequestBody::Full(data) => data.clone(),
+        RequestBody::Stream { .. } => None,
+    };
+    let mut copy = Request::new(RequestBody::Full(body));
     *copy.method_mut() = req.method().clone();
     *copy.uri_mut() = req.uri().clone();
     *copy.version_mut() = req.version();
@@ -202,14 +237,44 @@ fn respond(route: &Route, status: http::StatusCode, body: bytes::Bytes) -> Respo
 
 /// The request as the upstream sees it: origin-form URI (prefix rewritten),
 /// HTTP/1.1, hop-by-hop headers gone, forwarding headers added.
-fn upstream_request(
-    req: Request<Incoming>,
-    client: &ClientInfo,
+/// Bodies up to this size are held in memory when the route may retry, so
+/// that a retry can send them again; larger ones stream and are not retried.
+const REPLAY_MAX_BYTES: u64 = 64 * 1024;
+
+/// The client's body as it will go upstream: streamed (with the size limit
+/// enforced as it flows), or read whole first when it is small and the
+/// request may be retried.
+async fn request_body(
+    body: Incoming,
+    headers: &http::HeaderMap,
     listener: &Listener,
+    route: &Route,
+    idempotent: bool,
+) -> Result<RequestBody, ProxyError> {
+    let may_retry = idempotent && route.retry.as_ref().is_some_and(|r| r.tries > 1);
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match length {
+        Some(len) if may_retry && len > 0 && len <= REPLAY_MAX_BYTES => {
+            let collected = tokio::time::timeout(route.read_timeout, http_body_util::BodyExt::collect(body))
+                .await
+                .map_err(|_| ProxyError::BadRequest)?
+                .map_err(|_| ProxyError::BadRequest)?;
+            Ok(RequestBody::Full(Some(collected.to_bytes())))
+        }
+        _ => Ok(RequestBody::limited(body, listener.max_body_bytes)),
+    }
+}
+
+fn upstream_request(
+    mut parts: http::request::Parts,
+    body: RequestBody,
+    client: &ClientInfo,
     route: &Route,
     request_id: &HeaderValue,
 ) -> Result<Request<RequestBody>, ProxyError> {
-    let (mut parts, body) = req.into_parts();
     parts.uri = upstream_uri(&parts.uri, route)?;
     parts.version = Version::HTTP_11;
     if !parts.headers.contains_key(header::HOST) {
@@ -224,10 +289,7 @@ fn upstream_request(
     headers::add_forwarded(&mut parts.headers, &client.ip_header, "http");
     parts.headers.insert(headers::X_REQUEST_ID, request_id.clone());
     headers::apply_edits(&mut parts.headers, &route.request_headers);
-    Ok(Request::from_parts(
-        parts,
-        RequestBody::limited(body, listener.max_body_bytes),
-    ))
+    Ok(Request::from_parts(parts, body))
 }
 
 fn upstream_uri(uri: &Uri, route: &Route) -> Result<Uri, ProxyError> {

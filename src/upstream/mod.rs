@@ -186,6 +186,10 @@ pub struct UpstreamPool {
     pub kind: config::Balance,
     pub hash_key: Option<config::HashKey>,
     pub servers: Vec<Arc<ServerState>>,
+    pub sticky: Option<config::Sticky>,
+    /// Per server, the opaque value of its affinity cookie: a hash of its
+    /// address, the same on every instance with the same config.
+    sticky_tokens: Vec<String>,
     balancers: Box<[worker::PerWorker<Mutex<Balancer>>]>,
     pub retry_budget: RetryBudget,
 }
@@ -212,10 +216,31 @@ impl UpstreamPool {
             name: upstream.name.clone(),
             kind: upstream.balance,
             hash_key: upstream.hash_key.clone(),
+            sticky: upstream.sticky.clone(),
+            sticky_tokens: upstream
+                .servers
+                .iter()
+                .map(|s| format!("{:016x}", crate::balance::hash_key(s.address.as_bytes())))
+                .collect(),
             servers,
             balancers,
             retry_budget: RetryBudget::default(),
         }
+    }
+
+    /// The server an affinity cookie names, if it can take the request now.
+    pub fn sticky_server(&self, token: &[u8]) -> Option<usize> {
+        let index = self.sticky_tokens.iter().position(|t| t.as_bytes() == token)?;
+        let now = health::now_ms();
+        let primary_up = self.servers.iter().any(|s| !s.backup && s.is_up(now));
+        let s = &self.servers[index];
+        let in_tier = if primary_up { !s.backup } else { s.backup };
+        (in_tier && s.is_up(now) && !s.at_capacity()).then_some(index)
+    }
+
+    /// The affinity cookie's value for server `index`.
+    pub fn sticky_token(&self, index: usize) -> &str {
+        &self.sticky_tokens[index]
     }
 
     /// The server for the next try: primaries while any is up, backups only
