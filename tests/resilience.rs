@@ -264,7 +264,8 @@ async fn a_server_dying_under_load_costs_the_client_nothing_and_it_comes_back() 
 fail_timeout = "1s""#,
     ));
     let web = lb.addr("web");
-    let load = tokio::spawn(spread(web, "/delay/5", 3000, 32));
+    // 3000 requests of ~20 ms from 32 clients: a few seconds of steady load.
+    let load = tokio::spawn(spread(web, "/delay/20", 3000, 32));
     support::wait_until("load is flowing", Duration::from_secs(10), || {
         b[2].stats.requests.load(Ordering::Relaxed) > 100
     })

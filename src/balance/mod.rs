@@ -18,13 +18,15 @@ use crate::config::Balance;
 /// What an algorithm may know about one server when picking.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Candidate {
-    /// Effective weight, at least 1.
+    /// Effective weight, at least 1 (slow start already applied).
     pub weight: u32,
-    /// False for a server that must not be picked (down, busy, tried).
+    /// False for a server that must not be picked: down, drained, at
+    /// `max_requests`, or already tried for this request.
     pub eligible: bool,
     /// Requests in flight on this server, over all workers.
     pub in_flight: u32,
-    /// Peak-EWMA latency estimate in microseconds (> 0).
+    /// Peak-EWMA latency estimate in microseconds (> 0; the caller supplies
+    /// a default for a server with no samples yet).
     pub latency_us: f64,
 }
 
@@ -41,27 +43,33 @@ pub enum Balancer {
 }
 
 impl Balancer {
-    /// `servers`: (identity, weight) in config order; `seed` seeds randomness.
+    /// `servers`: (identity, weight) per server in config order; the identity
+    /// (the configured address) places a server on the hash ring, so every
+    /// process with the same config hashes alike. `seed` seeds any randomness.
     pub fn new(kind: Balance, servers: &[(&str, u32)], seed: u64) -> Self {
         let n = servers.len();
         match kind {
             Balance::RoundRobin => Balancer::RoundRobin(SmoothWeighted::new(n)),
-            Balance::LeastConn => Balancer::LeastConn(LeastConn::default()),
+            Balance::LeastConn => Balancer::LeastConn(LeastConn::new(n)),
             Balance::IpHash | Balance::Hash => Balancer::Hash(HashRing::new(servers), SmoothWeighted::new(n)),
             Balance::Random => Balancer::Random(PowerOfTwo::new(seed)),
             Balance::Ewma => Balancer::Ewma(PowerOfTwo::new(seed)),
         }
     }
 
-    /// The index of the server to use, or `None` when no candidate is
+    /// The index of an eligible candidate, or `None` exactly when none is
     /// eligible. `key` is the request's hashed key (`hash_key`), used by the
-    /// hash algorithms only.
+    /// hash algorithms only; without one they fall back to round robin.
+    /// Never allocates while `candidates` has one entry per server given to
+    /// `new`; any other length is still safe (state is rebuilt to fit).
     pub fn pick(&mut self, candidates: &[Candidate], key: Option<u64>) -> Option<usize> {
         match self {
             Balancer::RoundRobin(rr) => rr.pick(candidates),
             Balancer::LeastConn(lc) => lc.pick(candidates),
+            // The ring only misses when no server it knows is eligible, which
+            // can leave eligible ones only if the caller passed extra candidates.
             Balancer::Hash(ring, fallback) => match key {
-                Some(key) => ring.pick(candidates, key),
+                Some(key) => ring.pick(candidates, key).or_else(|| fallback.pick(candidates)),
                 None => fallback.pick(candidates),
             },
             Balancer::Random(p2c) => p2c.pick(candidates, random::load),
@@ -97,6 +105,8 @@ mod tests {
         // Computed independently (FNV-1a + murmur3 fmix64 in Python).
         assert_eq!(hash_key(b""), 0xefd0_1f60_ba99_2926);
         assert_eq!(hash_key(b"10.0.0.1"), 0xc879_e56d_dc6c_5c88);
+        assert_eq!(hash_key(b"a"), 0x82a2_a958_a9be_ce5b);
+        assert_eq!(hash_key(b"client-42"), 0xc456_11be_9bd9_112b);
         assert_ne!(hash_key(b"10.0.0.1"), hash_key(b"10.0.0.2"));
     }
 
@@ -128,6 +138,29 @@ mod tests {
                     match b.pick(&candidates, Some(*key)) {
                         Some(i) => prop_assert!(candidates[i].eligible, "{kind:?} picked ineligible {i}"),
                         None => prop_assert!(candidates.iter().all(|c| !c.eligible), "{kind:?} found none"),
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn candidates_that_do_not_match_the_servers_are_still_safe(
+            configured in 0usize..6,
+            eligible in proptest::collection::vec(any::<bool>(), 0..8),
+            key in proptest::option::of(any::<u64>()),
+        ) {
+            let ids: Vec<String> = (0..configured).map(|i| format!("10.0.0.{i}:80")).collect();
+            let identities: Vec<(&str, u32)> = ids.iter().map(|id| (id.as_str(), 2)).collect();
+            let candidates: Vec<Candidate> = eligible
+                .iter()
+                .map(|&eligible| Candidate { weight: 1, eligible, in_flight: 0, latency_us: 1.0 })
+                .collect();
+            for kind in KINDS {
+                let mut b = Balancer::new(kind, &identities, 1);
+                for _ in 0..3 {
+                    match b.pick(&candidates, key) {
+                        Some(i) => prop_assert!(candidates[i].eligible, "{kind:?} picked ineligible {i}"),
+                        None => prop_assert!(eligible.iter().all(|e| !e), "{kind:?} found none"),
                     }
                 }
             }

@@ -20,13 +20,21 @@ impl SmoothWeighted {
     /// back the total. Over any window of `sum(weights)` picks with a fixed
     /// eligible set, each server is picked exactly `weight` times.
     pub fn pick(&mut self, candidates: &[Candidate]) -> Option<usize> {
+        self.pick_among(candidates, |c| c.eligible)
+    }
+
+    /// `pick` restricted to the candidates `admit` accepts (which must be
+    /// eligible ones). Servers left out keep their score, as in nginx's
+    /// `least_conn`, which runs this round robin over the tied servers only.
+    pub fn pick_among(&mut self, candidates: &[Candidate], admit: impl Fn(&Candidate) -> bool) -> Option<usize> {
+        // Only a caller that broke the "same length as `new`" contract pays this allocation.
         if self.current.len() != candidates.len() {
             self.current = vec![0; candidates.len()];
         }
         let mut total: i64 = 0;
         let mut best: Option<usize> = None;
         for (i, c) in candidates.iter().enumerate() {
-            if !c.eligible {
+            if !c.eligible || !admit(c) {
                 continue;
             }
             let w = i64::from(c.weight.max(1));

@@ -117,6 +117,8 @@ pub struct Retry {
     pub on: RetryOn,
     /// Bound on the time spent over all tries.
     pub timeout: Option<Duration>,
+    /// Request bodies up to this size are held to be sent again.
+    pub replay_max_bytes: u64,
 }
 
 /// The failures that trigger a retry (and that count as passive failures).
@@ -156,6 +158,8 @@ pub struct Upstream {
     /// server out for `fail_timeout`. 0 disables it.
     pub max_fails: u32,
     pub fail_timeout: Duration,
+    /// Retries may add at most this percentage to the requests sent.
+    pub retry_budget_percent: u32,
     /// A server that comes back (or is new) ramps its weight up over this.
     pub slow_start: Option<Duration>,
     pub health_check: Option<HealthCheck>,

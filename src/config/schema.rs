@@ -108,6 +108,8 @@ pub struct RetrySpec {
     pub tries: Option<u32>,
     pub on: Option<Vec<RetryOnSpec>>,
     pub timeout: Option<DurationStr>,
+    /// Bodies up to this size are kept to be sent again (default 64k).
+    pub replay_body: Option<SizeStr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -147,6 +149,8 @@ pub struct UpstreamSpec {
     pub sticky: Option<Spanned<StickySpec>>,
     pub keepalive: Option<usize>,
     pub keepalive_timeout: Option<DurationStr>,
+    /// Retries allowed as a share of requests, like "20%".
+    pub retry_budget: Option<Spanned<String>>,
     pub max_fails: Option<Spanned<u32>>,
     pub fail_timeout: Option<Spanned<DurationStr>>,
     pub slow_start: Option<Spanned<DurationStr>>,

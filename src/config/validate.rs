@@ -12,6 +12,7 @@ use super::schema::{BalanceSpec, HeaderEditsSpec, RetryOnSpec, RetrySpec};
 use super::{Sink, Specs, unbuilt};
 
 const MAX_WORKERS: usize = 1024;
+const DEFAULT_REPLAY_BYTES: u64 = 64 * 1024;
 
 /// Builds the model, or `None` when something was wrong (then `sink` says what).
 pub(super) fn validate(specs: Specs, sink: &mut Sink) -> Option<Config> {
@@ -221,6 +222,22 @@ fn upstreams(specs: &Specs, sink: &mut Sink) -> Vec<Upstream> {
                 .fail_timeout
                 .as_ref()
                 .map_or(Duration::from_secs(10), |d| d.get_ref().0),
+            retry_budget_percent: match &u.retry_budget {
+                None => 20,
+                Some(b) => match b.get_ref().strip_suffix('%').and_then(|p| p.trim().parse::<u32>().ok()) {
+                    Some(p) if p <= 100 => p,
+                    _ => {
+                        sink.error(
+                            Some(b.span()),
+                            format!(
+                                "invalid retry_budget {:?}: expected a percentage like \"20%\"",
+                                b.get_ref()
+                            ),
+                        );
+                        20
+                    }
+                },
+            },
             slow_start: u.slow_start.as_ref().map(|d| d.get_ref().0).filter(|d| !d.is_zero()),
             health_check: u.health_check.as_ref().map(|hc| HealthCheck {
                 path: hc.path.clone().unwrap_or_else(|| "/".to_string()),
@@ -444,6 +461,7 @@ fn retry(spec: Option<&RetrySpec>, sink: &mut Sink, span: Option<std::ops::Range
             tries: 2,
             on: default_on,
             timeout: None,
+            replay_max_bytes: DEFAULT_REPLAY_BYTES,
         });
     };
     let tries = spec.tries.unwrap_or(2);
@@ -470,5 +488,6 @@ fn retry(spec: Option<&RetrySpec>, sink: &mut Sink, span: Option<std::ops::Range
         tries: tries.clamp(1, 10),
         on,
         timeout: spec.timeout.map(|d| d.0),
+        replay_max_bytes: spec.replay_body.map_or(DEFAULT_REPLAY_BYTES, |s| s.0),
     })
 }

@@ -237,10 +237,6 @@ fn respond(route: &Route, status: http::StatusCode, body: bytes::Bytes) -> Respo
 
 /// The request as the upstream sees it: origin-form URI (prefix rewritten),
 /// HTTP/1.1, hop-by-hop headers gone, forwarding headers added.
-/// Bodies up to this size are held in memory when the route may retry, so
-/// that a retry can send them again; larger ones stream and are not retried.
-const REPLAY_MAX_BYTES: u64 = 64 * 1024;
-
 /// The client's body as it will go upstream: streamed (with the size limit
 /// enforced as it flows), or read whole first when it is small and the
 /// request may be retried.
@@ -251,13 +247,18 @@ async fn request_body(
     route: &Route,
     idempotent: bool,
 ) -> Result<RequestBody, ProxyError> {
-    let may_retry = idempotent && route.retry.as_ref().is_some_and(|r| r.tries > 1);
+    // Bodies up to `replay_max_bytes` are held in memory when the route may
+    // retry, so that a retry can send them again; larger ones stream.
+    let replay_max = match &route.retry {
+        Some(r) if idempotent && r.tries > 1 => r.replay_max_bytes,
+        _ => 0,
+    };
     let length = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     match length {
-        Some(len) if may_retry && len > 0 && len <= REPLAY_MAX_BYTES => {
+        Some(len) if len > 0 && len <= replay_max => {
             let collected = tokio::time::timeout(route.read_timeout, http_body_util::BodyExt::collect(body))
                 .await
                 .map_err(|_| ProxyError::BadRequest)?

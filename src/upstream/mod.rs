@@ -224,7 +224,7 @@ impl UpstreamPool {
                 .collect(),
             servers,
             balancers,
-            retry_budget: RetryBudget::default(),
+            retry_budget: RetryBudget::new(upstream.retry_budget_percent),
         }
     }
 
@@ -284,21 +284,29 @@ impl UpstreamPool {
 }
 
 /// Bounds retries to a share of recent traffic so that a brown-out cannot
-/// become a retry storm: each request deposits `RATIO` of a retry, each retry
+/// become a retry storm: each request deposits a share of a retry, each retry
 /// withdraws one; a small reserve lets a quiet upstream still retry.
 #[derive(Debug)]
 pub struct RetryBudget {
     /// In thousandths of a retry.
     balance_milli: AtomicI64,
+    /// What each request adds: `percent` × 10 thousandths.
+    deposit_milli: i64,
 }
 
 impl RetryBudget {
-    const DEPOSIT_MILLI: i64 = 200; // 20 % of requests
     const RESERVE_MILLI: i64 = 10_000; // 10 retries to start with
     const MAX_MILLI: i64 = 100_000;
 
+    pub fn new(percent: u32) -> Self {
+        RetryBudget {
+            balance_milli: AtomicI64::new(Self::RESERVE_MILLI),
+            deposit_milli: i64::from(percent) * 10,
+        }
+    }
+
     pub fn deposit(&self) {
-        let b = self.balance_milli.fetch_add(Self::DEPOSIT_MILLI, Ordering::Relaxed);
+        let b = self.balance_milli.fetch_add(self.deposit_milli, Ordering::Relaxed);
         if b > Self::MAX_MILLI {
             self.balance_milli.store(Self::MAX_MILLI, Ordering::Relaxed);
         }
@@ -314,21 +322,13 @@ impl RetryBudget {
     }
 }
 
-impl Default for RetryBudget {
-    fn default() -> Self {
-        RetryBudget {
-            balance_milli: AtomicI64::new(Self::RESERVE_MILLI),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn retry_budget_allows_a_fifth_of_traffic_beyond_the_reserve() {
-        let budget = RetryBudget::default();
+        let budget = RetryBudget::new(20);
         let mut granted = 0;
         for _ in 0..1000 {
             budget.deposit();
