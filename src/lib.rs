@@ -2,6 +2,7 @@
 //!
 //! A request's life is charted in `docs/architecture.md`.
 
+pub mod admin;
 pub mod backend;
 pub mod balance;
 pub mod body;

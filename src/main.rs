@@ -146,6 +146,7 @@ fn demo() -> anyhow::Result<()> {
         r#"
 [global]
 shutdown_grace = "5s"
+admin_listen = "127.0.0.1:9900"
 workers = 1          # one worker: round robin is easy to see request by request
 
 [[listeners]]
@@ -181,6 +182,7 @@ servers = [ {servers} ]
     println!("  curl -s http://{addr}/echo              # what the backend received (X-Forwarded-*, X-Request-Id)");
     println!("  curl -i http://{addr}/delay/500          # a slow answer");
     println!("  curl -i http://{addr}/lb-health          # answered by the balancer itself");
+    println!("  curl -s http://127.0.0.1:9900/api/upstreams   # admin API: servers, state, in-flight, latency");
     println!();
     println!("Ctrl-C to stop.");
     runtime.block_on(wait_for_shutdown_signal())?;

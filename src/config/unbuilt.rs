@@ -10,11 +10,8 @@ fn reject(sink: &mut Sink, span: Option<std::ops::Range<usize>>, what: &str) {
 }
 
 pub(super) fn global(g: &GlobalSpec, sink: &mut Sink) {
-    if let Some(v) = &g.admin_listen {
-        reject(sink, Some(v.span()), "the admin API (`admin_listen`)");
-    }
     if let Some(v) = &g.admin_token {
-        reject(sink, Some(v.span()), "`admin_token`");
+        reject(sink, Some(v.span()), "`admin_token` (the admin API's mutating calls)");
     }
     if let Some(v) = &g.access_log
         && v.get_ref() != "off"

@@ -70,7 +70,7 @@ fn global(specs: &Specs, sink: &mut Sink) -> Global {
         log_level: g.log_level.clone(),
         access_log: AccessLog::Off,
         access_log_format: AccessLogFormat::Json,
-        admin_listen: None,
+        admin_listen: g.admin_listen.as_ref().map(|a| a.get_ref().0),
         admin_token: None,
     }
 }

@@ -85,6 +85,12 @@ impl Server {
                 slots: Arc::new(Semaphore::new(l.max_connections.min(Semaphore::MAX_PERMITS))),
             });
         }
+        let admin_socket = match config.global.admin_listen {
+            Some(addr) => {
+                Some(std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr} (admin)"))?)
+            }
+            None => None,
+        };
         let grace = config.global.shutdown_grace;
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(Snapshot::build(config)),
@@ -122,6 +128,13 @@ impl Server {
             handles.push(handle);
         }
         handles.extend(health_checker);
+        if let Some(socket) = admin_socket {
+            let addr = socket.local_addr().context("cannot read the admin address")?;
+            let handle = crate::admin::start(socket, shared.clone(), shutdown.subscribe())
+                .context("cannot start the admin thread")?;
+            handles.push(handle);
+            tracing::info!(listener = "admin", %addr, "listening");
+        }
         tracing::info!(workers, "ready");
         Ok(Server {
             shared,
