@@ -66,15 +66,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn up(n: usize) -> Vec<Candidate> {
-        vec![
-            Candidate {
-                weight: 1,
-                eligible: true,
-                in_flight: 0,
-                latency_us: 1.0
-            };
-            n
-        ]
+        vec![Candidate::idle(1); n]
     }
 
     fn ids(n: usize) -> Vec<String> {

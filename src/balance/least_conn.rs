@@ -40,10 +40,8 @@ mod tests {
 
     fn c(weight: u32, in_flight: u32) -> Candidate {
         Candidate {
-            weight,
-            eligible: true,
             in_flight,
-            latency_us: 1.0,
+            ..Candidate::idle(weight)
         }
     }
 

@@ -30,6 +30,19 @@ pub struct Candidate {
     pub latency_us: f64,
 }
 
+#[cfg(test)]
+impl Candidate {
+    /// An eligible server with nothing in flight, for tests.
+    pub(crate) fn idle(weight: u32) -> Self {
+        Candidate {
+            weight,
+            eligible: true,
+            in_flight: 0,
+            latency_us: 1.0,
+        }
+    }
+}
+
 /// One upstream's balancing state. An enum, not a trait object: the set of
 /// algorithms is closed and dispatch stays inlinable.
 #[derive(Debug, Clone)]

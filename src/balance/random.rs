@@ -68,15 +68,7 @@ mod tests {
     use super::*;
 
     fn servers(weights: &[u32]) -> Vec<Candidate> {
-        weights
-            .iter()
-            .map(|&weight| Candidate {
-                weight,
-                eligible: true,
-                in_flight: 0,
-                latency_us: 1.0,
-            })
-            .collect()
+        weights.iter().map(|&weight| Candidate::idle(weight)).collect()
     }
 
     fn counts(p2c: &mut PowerOfTwo, servers: &[Candidate], picks: usize) -> Vec<usize> {

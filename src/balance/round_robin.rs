@@ -56,15 +56,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn up(weights: &[u32]) -> Vec<Candidate> {
-        weights
-            .iter()
-            .map(|&weight| Candidate {
-                weight,
-                eligible: true,
-                in_flight: 0,
-                latency_us: 1.0,
-            })
-            .collect()
+        weights.iter().map(|&weight| Candidate::idle(weight)).collect()
     }
 
     #[test]
