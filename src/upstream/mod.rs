@@ -270,7 +270,12 @@ impl UpstreamPool {
                 weight: s.effective_weight(now),
                 eligible: usable && !s.at_capacity(),
                 in_flight: u32::try_from(s.active_requests()).unwrap_or(u32::MAX),
-                latency_us: s.latency.latency_us(now),
+                // Only ewma reads it; the estimate costs an exp() per server.
+                latency_us: if self.kind == config::Balance::Ewma {
+                    s.latency.latency_us(now)
+                } else {
+                    1.0
+                },
             };
         }
         let slot = &self.balancers[worker::current() % self.balancers.len()];
