@@ -164,7 +164,9 @@ async fn try_servers(
         };
         tried[tries] = index;
         tries += 1;
-        let may_retry = tries < max_tries && deadline.is_none_or(|d| Instant::now() < d);
+        // Each try goes to another server: with none left, keep no copy.
+        let may_retry =
+            tries < max_tries && tries < upstream.servers.len() && deadline.is_none_or(|d| Instant::now() < d);
         let copy = if may_retry && needs_copy {
             Some(copy_head(&req))
         } else {
