@@ -1,7 +1,7 @@
-//! The admin listener (SPEC §4), read-only part: `/health`, `/ready` and
-//! `/api/upstreams`. It runs on a thread of its own, away from the workers.
-//! Mutating calls, `/metrics`, `/api/config` and the dashboard come with the
-//! operations issue.
+//! The admin listener (SPEC §4), read-only part: `/health`, `/ready`,
+//! `/api/upstreams` and `/metrics`. It runs on a thread of its own, away
+//! from the workers. Mutating calls, `/api/config` and the dashboard come
+//! with the operations issue.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -71,7 +71,10 @@ fn answer(req: &Request<Incoming>, shared: &Shared, draining: bool) -> Response<
         // Serving at all means the config is loaded and every listener bound.
         (&Method::GET, "/ready") => text(StatusCode::OK, "ready\n"),
         (&Method::GET, "/api/upstreams") => json(upstreams(shared)),
-        (_, "/health" | "/ready" | "/api/upstreams") => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
+        (&Method::GET, "/metrics") => metrics(shared),
+        (_, "/health" | "/ready" | "/api/upstreams" | "/metrics") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
@@ -104,6 +107,17 @@ fn upstreams(shared: &Shared) -> serde_json::Value {
         })
         .collect();
     serde_json::json!({ "upstreams": list })
+}
+
+fn metrics(shared: &Shared) -> Response<Full<Bytes>> {
+    let snapshot = shared.snapshot.load();
+    let body = crate::observe::metrics::render(&snapshot, &shared.listener_stats, &shared.unrouted);
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

@@ -1,4 +1,6 @@
-//! Logging setup. (Metrics and access logs will live here too.)
+//! Logging setup and request metrics. (The access log will live here too.)
+
+pub mod metrics;
 
 use std::io::IsTerminal;
 

@@ -17,7 +17,8 @@ use hyper::body::Incoming;
 
 use crate::body::{BodyError, RequestBody, ResponseBody, UpstreamBody};
 use crate::config::{Listener, ListenerId, Route, RouteAction};
-use crate::router;
+use crate::observe::metrics::FailureKind;
+use crate::router::{self, RouteId};
 use crate::server::{Shared, Snapshot};
 use crate::upstream::{ActiveGuard, ConnectError, NoServer, ServerState, UpstreamPool};
 
@@ -49,12 +50,28 @@ pub async fn handle(req: Request<Incoming>, client: &ClientInfo, shared: &Shared
     let Some(listener) = snapshot.config.listeners.get(client.listener.0) else {
         return ProxyError::NoRoute.into_response(&request_id);
     };
-    let mut response = match forward(req, client, listener, &snapshot, &request_id).await {
+    let started = Instant::now();
+    let mut meta = Meta::default();
+    let mut response = match forward(req, client, listener, &snapshot, &request_id, &mut meta).await {
         Ok(response) => response,
         Err(error) => error.into_response(&request_id),
     };
+    let status = response.status().as_u16();
+    match meta.route.and_then(|r| snapshot.route_stats.get(r.0)) {
+        Some(stats) => stats.record(meta.server, status, started.elapsed(), meta.retries),
+        None => shared.unrouted.record(status),
+    }
     response.headers_mut().insert(headers::X_REQUEST_ID, request_id);
     response
+}
+
+/// What metrics need to know about how a request was answered.
+#[derive(Debug, Default)]
+struct Meta {
+    route: Option<RouteId>,
+    /// Index in the route's upstream of the server that answered last.
+    server: Option<usize>,
+    retries: u32,
 }
 
 async fn forward(
@@ -63,6 +80,7 @@ async fn forward(
     listener: &Listener,
     snapshot: &Snapshot,
     request_id: &HeaderValue,
+    meta: &mut Meta,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let route_id = {
         let host = router::request_host(req.uri(), req.headers());
@@ -71,6 +89,7 @@ async fn forward(
             .resolve(client.listener, host, req.uri().path(), req.headers())
             .ok_or(ProxyError::NoRoute)?
     };
+    meta.route = Some(route_id);
     let route = snapshot.routes.route(route_id);
     if declared_length(&req).is_some_and(|len| len > listener.max_body_bytes) {
         return Err(ProxyError::BodyTooLarge);
@@ -90,7 +109,8 @@ async fn forward(
     let (parts, body) = req.into_parts();
     let body = request_body(body, &parts.headers, listener, route, idempotent).await?;
     let upstream_req = upstream_request(parts, body, client, route, request_id)?;
-    let (mut response, server, index) = try_servers(upstream_req, upstream, route, key, pinned, idempotent).await?;
+    let (mut response, server, index) =
+        try_servers(upstream_req, upstream, route, key, pinned, idempotent, meta).await?;
     finish_response(&mut response, route, listener, &server);
     if let Some(sticky) = &upstream.sticky
         && pinned != Some(index)
@@ -136,6 +156,7 @@ async fn try_servers(
     key: Option<u64>,
     pinned: Option<usize>,
     idempotent: bool,
+    meta: &mut Meta,
 ) -> Outcome {
     upstream.retry_budget.deposit();
     let retry = route.retry.as_ref().filter(|_| idempotent);
@@ -164,6 +185,8 @@ async fn try_servers(
         };
         tried[tries] = index;
         tries += 1;
+        meta.server = Some(index);
+        meta.retries = tries as u32 - 1;
         // Each try goes to another server: with none left, keep no copy.
         let may_retry =
             tries < max_tries && tries < upstream.servers.len() && deadline.is_none_or(|d| Instant::now() < d);
@@ -180,7 +203,7 @@ async fn try_servers(
                     server.record_success(started.elapsed());
                     return Ok((response, server, index));
                 }
-                server.record_failure(&upstream.name);
+                server.record_failure(&upstream.name, FailureKind::Status);
                 match copy {
                     Some(again) if upstream.retry_budget.try_withdraw() => {
                         req = again;
@@ -190,7 +213,12 @@ async fn try_servers(
                 }
             }
             Err(failed) => {
-                server.record_failure(&upstream.name);
+                let kind = match failed.error {
+                    ProxyError::ConnectFailed => FailureKind::Connect,
+                    ProxyError::ConnectTimeout | ProxyError::UpstreamTimeout => FailureKind::Timeout,
+                    _ => FailureKind::Reset,
+                };
+                server.record_failure(&upstream.name, kind);
                 let retryable = match failed.error {
                     ProxyError::ConnectTimeout | ProxyError::UpstreamTimeout => on.timeout,
                     ProxyError::ConnectFailed | ProxyError::UpstreamFailed => on.error,

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -89,6 +90,11 @@ pub(super) async fn accept_loop(
         let shared = shared.clone();
         let shutdown = shutdown.clone();
         let guard = tracker.enter();
+        let stats = shared.listener_stats.get(id.0).map(|(_, s)| s.clone());
+        if let Some(stats) = &stats {
+            stats.total.fetch_add(1, Ordering::Relaxed);
+            stats.active.fetch_add(1, Ordering::Relaxed);
+        }
         tokio::spawn(async move {
             let snapshot = shared.snapshot.load_full();
             let Some(listener) = snapshot.config.listeners.get(id.0) else {
@@ -96,6 +102,9 @@ pub(super) async fn accept_loop(
             };
             let client = ClientInfo::new(id, peer);
             super::conn::serve(stream, client, listener, shared.clone(), shutdown).await;
+            if let Some(stats) = stats {
+                stats.active.fetch_sub(1, Ordering::Relaxed);
+            }
             drop(permit);
             drop(guard);
         });

@@ -15,6 +15,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::{Notify, Semaphore, watch};
 
 use crate::config::{Config, ListenerId};
+use crate::observe::metrics::{ListenerStats, UnroutedStats};
 pub use snapshot::Snapshot;
 
 /// State every worker shares.
@@ -22,6 +23,10 @@ pub use snapshot::Snapshot;
 pub struct Shared {
     /// The current configuration; a request loads it once.
     pub snapshot: ArcSwap<Snapshot>,
+    /// Connection counts per listener (by name, in config order).
+    pub listener_stats: Vec<(String, Arc<ListenerStats>)>,
+    /// Requests that matched no route.
+    pub unrouted: UnroutedStats,
 }
 
 /// Counts live client connections so that shutdown can wait for them.
@@ -92,8 +97,14 @@ impl Server {
             None => None,
         };
         let grace = config.global.shutdown_grace;
+        let listener_stats = bound
+            .iter()
+            .map(|b| (b.name.clone(), Arc::new(ListenerStats::default())))
+            .collect();
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(Snapshot::build(config)),
+            listener_stats,
+            unrouted: UnroutedStats::default(),
         });
         let (shutdown, _) = watch::channel(false);
         let addrs = bound.iter().map(|b| (b.name.clone(), b.addr)).collect();

@@ -3,7 +3,8 @@
 
 use std::sync::Arc;
 
-use crate::config::{Config, UpstreamId};
+use crate::config::{Config, Route, RouteAction, UpstreamId};
+use crate::observe::metrics::RouteStats;
 use crate::router::RouteTable;
 use crate::upstream::UpstreamPool;
 
@@ -12,6 +13,8 @@ pub struct Snapshot {
     pub config: Arc<Config>,
     pub routes: RouteTable,
     pub upstreams: Vec<UpstreamPool>,
+    /// Per route, in config order.
+    pub route_stats: Vec<RouteStats>,
 }
 
 impl Snapshot {
@@ -21,14 +24,31 @@ impl Snapshot {
         let workers = config.global.workers;
         let upstreams = config.upstreams.iter().map(|u| UpstreamPool::new(u, workers)).collect();
         let routes = RouteTable::new(config.routes.clone(), config.listeners.len());
+        let route_stats = config
+            .routes
+            .iter()
+            .map(|r| match r.action {
+                RouteAction::Upstream(id) => RouteStats::new(config.upstreams[id.0].servers.len()),
+                RouteAction::Respond { .. } => RouteStats::new(0),
+            })
+            .collect();
         Snapshot {
             config,
             routes,
             upstreams,
+            route_stats,
         }
     }
 
     pub fn upstream(&self, id: UpstreamId) -> &UpstreamPool {
         &self.upstreams[id.0]
+    }
+
+    /// The upstream a route forwards to, if it forwards at all.
+    pub fn route_upstream(&self, route: &Route) -> Option<&UpstreamPool> {
+        match route.action {
+            RouteAction::Upstream(id) => self.upstreams.get(id.0),
+            RouteAction::Respond { .. } => None,
+        }
     }
 }

@@ -91,6 +91,7 @@ async fn watch_server(target: Target, mut shutdown: watch::Receiver<bool>) {
             _ = shutdown.changed() => return,
         }
         let healthy = probe(&server.address, &check).await;
+        server.stats.health_check(healthy);
         if healthy {
             passes += 1;
             fails = 0;

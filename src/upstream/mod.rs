@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use crate::balance::{Balancer, Candidate};
 use crate::config;
+use crate::observe::metrics::{FailureKind, ServerStats};
 use crate::server::worker;
 use health::{PassiveHealth, PeakEwma};
 
@@ -34,6 +35,7 @@ pub struct ServerState {
     checked_up_since_ms: AtomicU64,
     slow_start_ms: u64,
     pub latency: PeakEwma,
+    pub stats: ServerStats,
     pool: pool::ConnPool,
 }
 
@@ -57,6 +59,7 @@ impl ServerState {
             checked_up_since_ms: AtomicU64::new(u64::MAX),
             slow_start_ms: upstream.slow_start.map_or(0, |d| d.as_millis() as u64),
             latency: PeakEwma::default(),
+            stats: ServerStats::default(),
             pool: pool::ConnPool::new(
                 server.address.clone(),
                 upstream.keepalive,
@@ -123,7 +126,8 @@ impl ServerState {
 
     /// Counts a failed attempt (connect error, timeout, or a status the
     /// route retries on); logs when it takes the server out.
-    pub fn record_failure(&self, upstream: &str) {
+    pub fn record_failure(&self, upstream: &str, kind: FailureKind) {
+        self.stats.failure(kind);
         if self.passive.record_failure(health::now_ms()) {
             tracing::warn!(upstream, server = %self.address, "server marked down after consecutive failures");
         }

@@ -1,0 +1,267 @@
+//! Request metrics with the Prometheus names of SPEC §5, kept in atomics so
+//! that recording costs a few relaxed increments and no lock; rendered in the
+//! Prometheus text format by the admin listener.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::server::Snapshot;
+use crate::upstream::health::now_ms;
+
+/// Upper bounds of the latency histogram, in seconds.
+const BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+
+/// The status class index: 0 = 2xx (and 1xx), 1 = 3xx, 2 = 4xx, 3 = 5xx.
+fn class(status: u16) -> usize {
+    match status {
+        300..=399 => 1,
+        400..=499 => 2,
+        500.. => 3,
+        _ => 0,
+    }
+}
+
+const CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
+
+/// Why an attempt on a server failed, for `fulcrum_upstream_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    Connect = 0,
+    Timeout = 1,
+    Status = 2,
+    Reset = 3,
+}
+
+const FAILURE_KINDS: [&str; 4] = ["connect", "timeout", "status", "reset"];
+
+/// Counters of one server, shared by every worker.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    failures: [AtomicU64; 4],
+    checks: [AtomicU64; 2],
+}
+
+impl ServerStats {
+    pub fn failure(&self, kind: FailureKind) {
+        self.failures[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn health_check(&self, passed: bool) {
+        self.checks[usize::from(!passed)].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Counters of one route: responses by server and status class, retries,
+/// and the time to the response head.
+#[derive(Debug)]
+pub struct RouteStats {
+    /// One row per server of the route's upstream, plus a last row for
+    /// answers that came from no server (respond routes, 503, 413, ...).
+    responses: Box<[[AtomicU64; 4]]>,
+    retries: AtomicU64,
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl RouteStats {
+    pub fn new(servers: usize) -> Self {
+        RouteStats {
+            responses: (0..=servers).map(|_| Default::default()).collect(),
+            retries: AtomicU64::new(0),
+            buckets: Default::default(),
+            count: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one answered request.
+    pub fn record(&self, server: Option<usize>, status: u16, elapsed: Duration, retries: u32) {
+        let row = server.unwrap_or(self.responses.len() - 1).min(self.responses.len() - 1);
+        self.responses[row][class(status)].fetch_add(1, Ordering::Relaxed);
+        if retries > 0 {
+            self.retries.fetch_add(u64::from(retries), Ordering::Relaxed);
+        }
+        let secs = elapsed.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Requests that matched no route.
+#[derive(Debug, Default)]
+pub struct UnroutedStats {
+    responses: [AtomicU64; 4],
+}
+
+impl UnroutedStats {
+    pub fn record(&self, status: u16) {
+        self.responses[class(status)].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Connections of one listener.
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    pub active: AtomicU64,
+    pub total: AtomicU64,
+}
+
+/// The whole exposition, in Prometheus text format.
+pub fn render(
+    snapshot: &Snapshot,
+    listeners: &[(String, std::sync::Arc<ListenerStats>)],
+    unrouted: &UnroutedStats,
+) -> String {
+    let mut out = String::with_capacity(4096);
+    let now = now_ms();
+    let config = &snapshot.config;
+
+    out.push_str("# HELP fulcrum_requests_total Requests answered, by route, upstream, server and status class.\n");
+    out.push_str("# TYPE fulcrum_requests_total counter\n");
+    for (route, stats) in config.routes.iter().zip(&snapshot.route_stats) {
+        let upstream = snapshot.route_upstream(route);
+        for (row, counts) in stats.responses.iter().enumerate() {
+            let (upstream_name, server) = match upstream {
+                Some(u) if row < u.servers.len() => (u.name.as_str(), u.servers[row].address.as_str()),
+                Some(u) => (u.name.as_str(), ""),
+                None => ("", ""),
+            };
+            for (c, count) in counts.iter().enumerate() {
+                let n = count.load(Ordering::Relaxed);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "fulcrum_requests_total{{route=\"{}\",upstream=\"{upstream_name}\",server=\"{server}\",code=\"{}\"}} {n}",
+                        route.name, CLASSES[c]
+                    );
+                }
+            }
+        }
+    }
+    for (c, count) in unrouted.responses.iter().enumerate() {
+        let n = count.load(Ordering::Relaxed);
+        if n > 0 {
+            let _ = writeln!(
+                out,
+                "fulcrum_requests_total{{route=\"\",upstream=\"\",server=\"\",code=\"{}\"}} {n}",
+                CLASSES[c]
+            );
+        }
+    }
+
+    out.push_str("# HELP fulcrum_request_duration_seconds Time to the response head.\n");
+    out.push_str("# TYPE fulcrum_request_duration_seconds histogram\n");
+    for (route, stats) in config.routes.iter().zip(&snapshot.route_stats) {
+        let upstream_name = snapshot.route_upstream(route).map_or("", |u| u.name.as_str());
+        let labels = format!("route=\"{}\",upstream=\"{upstream_name}\"", route.name);
+        let mut cumulative = 0;
+        for (bound, bucket) in BUCKETS.iter().zip(&stats.buckets) {
+            cumulative += bucket.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "fulcrum_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        let count = stats.count.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "fulcrum_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {count}"
+        );
+        let sum = stats.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "fulcrum_request_duration_seconds_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "fulcrum_request_duration_seconds_count{{{labels}}} {count}");
+    }
+
+    out.push_str("# HELP fulcrum_retries_total Retries, by route.\n# TYPE fulcrum_retries_total counter\n");
+    for (route, stats) in config.routes.iter().zip(&snapshot.route_stats) {
+        let _ = writeln!(
+            out,
+            "fulcrum_retries_total{{route=\"{}\"}} {}",
+            route.name,
+            stats.retries.load(Ordering::Relaxed)
+        );
+    }
+
+    out.push_str("# HELP fulcrum_upstream_server_up Whether the server takes traffic.\n# TYPE fulcrum_upstream_server_up gauge\n");
+    for u in &snapshot.upstreams {
+        for s in &u.servers {
+            let _ = writeln!(
+                out,
+                "fulcrum_upstream_server_up{{upstream=\"{}\",server=\"{}\"}} {}",
+                u.name,
+                s.address,
+                u8::from(s.is_up(now))
+            );
+        }
+    }
+    out.push_str(
+        "# HELP fulcrum_upstream_active_requests Requests in flight.\n# TYPE fulcrum_upstream_active_requests gauge\n",
+    );
+    for u in &snapshot.upstreams {
+        for s in &u.servers {
+            let _ = writeln!(
+                out,
+                "fulcrum_upstream_active_requests{{upstream=\"{}\",server=\"{}\"}} {}",
+                u.name,
+                s.address,
+                s.active_requests()
+            );
+        }
+    }
+    out.push_str("# HELP fulcrum_upstream_failures_total Failed attempts, by kind.\n# TYPE fulcrum_upstream_failures_total counter\n");
+    for u in &snapshot.upstreams {
+        for s in &u.servers {
+            for (k, kind) in FAILURE_KINDS.iter().enumerate() {
+                let n = s.stats.failures[k].load(Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "fulcrum_upstream_failures_total{{upstream=\"{}\",server=\"{}\",kind=\"{kind}\"}} {n}",
+                    u.name, s.address
+                );
+            }
+        }
+    }
+    out.push_str("# HELP fulcrum_health_checks_total Active health checks, by result.\n# TYPE fulcrum_health_checks_total counter\n");
+    for u in &snapshot.upstreams {
+        for s in &u.servers {
+            for (i, result) in ["pass", "fail"].iter().enumerate() {
+                let n = s.stats.checks[i].load(Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "fulcrum_health_checks_total{{upstream=\"{}\",server=\"{}\",result=\"{result}\"}} {n}",
+                    u.name, s.address
+                );
+            }
+        }
+    }
+    out.push_str(
+        "# HELP fulcrum_connections_active Open client connections.\n# TYPE fulcrum_connections_active gauge\n",
+    );
+    for (name, stats) in listeners {
+        let _ = writeln!(
+            out,
+            "fulcrum_connections_active{{listener=\"{name}\"}} {}",
+            stats.active.load(Ordering::Relaxed)
+        );
+    }
+    out.push_str(
+        "# HELP fulcrum_connections_total Accepted client connections.\n# TYPE fulcrum_connections_total counter\n",
+    );
+    for (name, stats) in listeners {
+        let _ = writeln!(
+            out,
+            "fulcrum_connections_total{{listener=\"{name}\"}} {}",
+            stats.total.load(Ordering::Relaxed)
+        );
+    }
+    out.push_str(
+        "# HELP fulcrum_config_reloads_total Config reloads, by result.\n# TYPE fulcrum_config_reloads_total counter\n",
+    );
+    out.push_str("fulcrum_config_reloads_total{result=\"ok\"} 0\nfulcrum_config_reloads_total{result=\"error\"} 0\n");
+    out
+}
