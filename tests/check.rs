@@ -2,29 +2,41 @@
 //! invalid one gets every error, each with `file:line:col` and key path, and
 //! exit 1.
 
+use std::path::Path;
 use std::process::Command;
 
-fn check(toml: &str) -> (i32, String, String) {
+struct Outcome {
+    code: i32,
+    stdout: String,
+    /// With the temporary directory cut off, so paths read `fulcrum.toml`.
+    stderr: String,
+}
+
+fn check(toml: &str) -> Outcome {
     check_env(toml, &[])
 }
 
-fn check_env(toml: &str, env: &[(&str, &str)]) -> (i32, String, String) {
+fn check_env(toml: &str, env: &[(&str, &str)]) -> Outcome {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fulcrum.toml");
     std::fs::write(&path, toml).unwrap();
+    run_check(&path, env)
+}
+
+fn run_check(path: &Path, env: &[(&str, &str)]) -> Outcome {
+    let dir = path.parent().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_fulcrum"))
         .args(["check", "-c"])
-        .arg(&path)
+        .arg(path)
         .env_remove("FULCRUM_TEST_TOKEN")
         .envs(env.iter().copied())
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).replace(&path.display().to_string(), "fulcrum.toml");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr,
-    )
+    Outcome {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).replace(&format!("{}/", dir.display()), ""),
+    }
 }
 
 const VALID: &str = r#"
@@ -39,24 +51,29 @@ upstream = "app"
 servers = [ { address = "127.0.0.1:9001" }, { address = "app.internal:3000", weight = 2 } ]
 "#;
 
-#[test]
-fn valid_config_prints_a_summary() {
-    let (code, stdout, stderr) = check(VALID);
-    assert_eq!(code, 0, "{stderr}");
-    assert_eq!(stdout.trim(), "ok: 1 listener, 1 route, 1 upstream (2 servers)");
+/// Asserts exit 1 and an error line that starts with `fulcrum.toml:{at}: `
+/// (position and key path) and mentions `needle`.
+fn assert_error(toml: &str, at: &str, needle: &str) {
+    assert_error_env(toml, &[], at, needle);
 }
 
-/// Asserts exit 1 and that one error line starts with `fulcrum.toml:L:C: path:`
-/// and mentions `needle`.
-fn assert_error(toml: &str, at: &str, needle: &str) {
-    let (code, _, stderr) = check(toml);
-    assert_eq!(code, 1, "expected failure for:\n{toml}");
+fn assert_error_env(toml: &str, env: &[(&str, &str)], at: &str, needle: &str) {
+    let out = check_env(toml, env);
+    assert_eq!(out.code, 1, "expected failure for:\n{toml}\nstderr:\n{}", out.stderr);
+    assert!(out.stdout.is_empty(), "nothing on stdout: {}", out.stdout);
+    let prefix = format!("fulcrum.toml:{at}: ");
     assert!(
-        stderr
-            .lines()
-            .any(|l| l.starts_with(&format!("fulcrum.toml:{at}")) && l.contains(needle)),
-        "no error `fulcrum.toml:{at}` mentioning {needle:?} in:\n{stderr}"
+        out.stderr.lines().any(|l| l.starts_with(&prefix) && l.contains(needle)),
+        "no error `{prefix}...` mentioning {needle:?} in:\n{}",
+        out.stderr
     );
+}
+
+#[test]
+fn valid_config_prints_a_summary() {
+    let out = check(VALID);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout.trim(), "ok: 1 listener, 1 route, 1 upstream (2 servers)");
 }
 
 #[test]
@@ -64,7 +81,7 @@ fn unknown_key_is_an_error_at_its_position() {
     let toml = VALID.replace("name = \"web\"", "name = \"web\"\nmax_conections = 5");
     assert_error(
         &toml,
-        "4:1: listeners[0].max_conections:",
+        "4:1: listeners[0].max_conections",
         "unknown field `max_conections`",
     );
 }
@@ -72,64 +89,121 @@ fn unknown_key_is_an_error_at_its_position() {
 #[test]
 fn wrong_type_names_the_key_path() {
     let toml = VALID.replace("weight = 2", "weight = \"two\"");
-    assert_error(&toml, "10:87: upstreams.app.servers[1].weight:", "invalid type");
+    assert_error(
+        &toml,
+        "10:87: upstreams.app.servers[1].weight",
+        "invalid type: string \"two\", expected u32",
+    );
 }
 
 #[test]
-fn bad_duration_and_bad_size_are_explained() {
+fn bad_duration_is_explained() {
     let listen = "listen = \"127.0.0.1:8080\"";
     let toml = VALID.replace(listen, &format!("{listen}\nkeepalive_timeout = \"75 seconds\""));
-    assert_error(&toml, "5:21: listeners[0].keepalive_timeout:", "invalid duration");
+    assert_error(
+        &toml,
+        "5:21: listeners[0].keepalive_timeout",
+        "invalid duration \"75 seconds\"",
+    );
+    let toml = VALID.replace(listen, &format!("{listen}\nkeepalive_timeout = 75"));
+    assert_error(
+        &toml,
+        "5:21: listeners[0].keepalive_timeout",
+        "durations are strings like \"30s\"",
+    );
+}
+
+#[test]
+fn bad_size_is_explained() {
+    let listen = "listen = \"127.0.0.1:8080\"";
     let toml = VALID.replace(listen, &format!("{listen}\nmax_body_size = \"10X\""));
-    assert_error(&toml, "5:17: listeners[0].max_body_size:", "invalid size");
+    assert_error(&toml, "5:17: listeners[0].max_body_size", "invalid size \"10X\"");
 }
 
 #[test]
-fn dangling_references_are_errors() {
-    let toml = VALID.replace("upstream = \"app\"", "upstream = \"nope\"\nlisteners = [\"internal\"]");
-    assert_error(&toml, "7:12: routes[0].upstream:", "no upstream named `nope`");
-    assert_error(&toml, "8:14: routes[0].listeners[0]:", "no listener named `internal`");
+fn dangling_upstream_is_an_error() {
+    let toml = VALID.replace("upstream = \"app\"", "upstream = \"nope\"");
+    assert_error(&toml, "7:12: routes[0].upstream", "no upstream named `nope`");
 }
 
 #[test]
-fn duplicate_listener_and_empty_servers_are_errors() {
-    let toml = r#"
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:8080"
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:8081"
-[[routes]]
-upstream = "app"
-[upstreams.app]
-servers = []
-"#;
-    assert_error(toml, "6:8: listeners[1].name:", "duplicate listener name `web`");
-    assert_error(toml, "11:11: upstreams.app.servers:", "has no servers");
+fn dangling_listener_is_an_error() {
+    let toml = VALID.replace(
+        "upstream = \"app\"",
+        "upstream = \"app\"\nlisteners = [\"web\", \"internal\"]",
+    );
+    assert_error(&toml, "8:21: routes[0].listeners[1]", "no listener named `internal`");
+}
+
+#[test]
+fn duplicate_listener_name_is_an_error() {
+    let toml = VALID.replace(
+        "[[routes]]",
+        "[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:8081\"\n\n[[routes]]",
+    );
+    assert_error(&toml, "7:8: listeners[1].name", "duplicate listener name `web`");
+}
+
+#[test]
+fn empty_server_list_is_an_error() {
+    let toml = VALID.replace(
+        "servers = [ { address = \"127.0.0.1:9001\" }, { address = \"app.internal:3000\", weight = 2 } ]",
+        "servers = []",
+    );
+    assert_error(&toml, "10:11: upstreams.app.servers", "upstream `app` has no servers");
 }
 
 #[test]
 fn unset_environment_variable_is_an_error_where_it_is_used() {
-    let toml = VALID.replace("name = \"web\"", "name = \"${FULCRUM_TEST_TOKEN}\"");
+    let toml = VALID.replace("name = \"web\"", "name = \"web-${FULCRUM_TEST_TOKEN}\"");
     assert_error(
         &toml,
-        "3:9: listeners[0].name:",
+        "3:13: listeners[0].name",
         "environment variable FULCRUM_TEST_TOKEN is not set",
     );
-    let (code, _, stderr) = check_env(&toml, &[("FULCRUM_TEST_TOKEN", "public")]);
-    assert_eq!(code, 0, "{stderr}");
+    let out = check_env(&toml, &[("FULCRUM_TEST_TOKEN", "public")]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+}
+
+#[test]
+fn substituted_values_keep_later_positions() {
+    let toml = VALID
+        .replace("name = \"web\"", "name = \"${FULCRUM_TEST_TOKEN}\"")
+        .replace("weight = 2", "weight = -2");
+    let long = "a-value-much-longer-than-the-reference-it-replaces";
+    assert_error_env(
+        &toml,
+        &[("FULCRUM_TEST_TOKEN", long)],
+        "10:87: upstreams.app.servers[1].weight",
+        "invalid value",
+    );
 }
 
 #[test]
 fn syntax_error_has_a_position() {
-    assert_error("[[listeners]\nname = 1\n", "1:", "TOML syntax error");
+    assert_error("[[listeners]\nname = 1\n", "1:13", "TOML syntax error");
+    let toml = VALID.replace("upstream = \"app\"", "upstream = app");
+    assert_error(&toml, "7:12", "TOML syntax error");
 }
 
 #[test]
 fn keys_not_built_yet_are_refused_not_ignored() {
     let toml = VALID.replace("upstream = \"app\"", "upstream = \"app\"\ncompress = [\"gzip\"]");
-    assert_error(&toml, "8:12: routes[0].compress:", "not supported yet");
+    assert_error(&toml, "8:12: routes[0].compress", "not supported yet");
+    let toml = format!("{VALID}\n[listeners.tls]\ncertificates = []\n");
+    assert_error(&toml, "12:1: listeners[0].tls", "not supported yet");
+}
+
+#[test]
+fn missing_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_check(&dir.path().join("absent.toml"), &[]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.starts_with("absent.toml:1:1: cannot read the config file"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -148,17 +222,30 @@ upstream = "missing"
 [upstreams.app]
 servers = [ { address = "127.0.0.1:9001", weight = 0 } ]
 "#;
-    let (code, _, stderr) = check(toml);
-    assert_eq!(code, 1);
+    let out = check(toml);
+    assert_eq!(out.code, 1);
+    let positions: Vec<&str> = out.stderr.lines().map(|l| l.split(": ").next().unwrap_or(l)).collect();
+    assert_eq!(
+        positions,
+        [
+            "fulcrum.toml:3:18",
+            "fulcrum.toml:7:10",
+            "fulcrum.toml:10:12",
+            "fulcrum.toml:13:52",
+        ],
+        "{}",
+        out.stderr
+    );
     for expected in [
-        "fulcrum.toml:3:18: global.shutdown_grace:",
-        "fulcrum.toml:7:10: listeners[0].listen:",
-        "fulcrum.toml:10:12: routes[0].upstream:",
-        "fulcrum.toml:13:52: upstreams.app.servers[0].weight:",
+        "fulcrum.toml:3:18: global.shutdown_grace: durations are strings",
+        "fulcrum.toml:7:10: listeners[0].listen: invalid address",
+        "fulcrum.toml:10:12: routes[0].upstream: no upstream named `missing`",
+        "fulcrum.toml:13:52: upstreams.app.servers[0].weight: weight must be at least 1",
     ] {
         assert!(
-            stderr.lines().any(|l| l.starts_with(expected)),
-            "missing {expected} in:\n{stderr}"
+            out.stderr.lines().any(|l| l.starts_with(expected)),
+            "missing {expected} in:\n{}",
+            out.stderr
         );
     }
 }

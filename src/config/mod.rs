@@ -1,10 +1,19 @@
-//! Configuration: the TOML file users write (`schema`), checked in one pass
-//! into the model the program runs on (`model`). Every problem is reported,
-//! each with `file:line:col` and its key path.
+//! Configuration: the TOML file users write, checked in one pass into the
+//! model the program runs on. Every problem is reported, each with
+//! `file:line:col` and its key path.
+//!
+//! text → `interp` (`${VAR}`) → `sections` (each section deserialized on its
+//! own into `schema`, values parsed by `units`) → `validate` (rules, defaults,
+//! ids; `unbuilt` refuses what is not built yet) → `model`. `source` turns
+//! byte offsets into positions and key paths.
 
+mod interp;
 pub mod model;
 mod schema;
+mod sections;
 mod source;
+#[cfg(test)]
+mod tests;
 mod unbuilt;
 mod units;
 mod validate;
@@ -15,16 +24,19 @@ use std::fmt;
 use std::ops::Range;
 use std::path::Path;
 
-use serde::Deserialize;
-use serde::de::IntoDeserializer;
-use toml_edit::{Document, Item};
+use toml_edit::Document;
 
 /// One problem in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
+    /// The file name (or other origin) given to `parse`.
     pub origin: String,
+    /// 1-based; 1:1 for a problem of the whole file.
     pub line: usize,
+    /// 1-based, in characters.
     pub col: usize,
+    /// Like `upstreams.app.servers[1].weight`; empty when no key is at fault
+    /// (a syntax error, a missing section).
     pub key_path: String,
     pub message: String,
 }
@@ -80,8 +92,8 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 
 /// Validates config text; `origin` names it in messages, `env` answers `${VAR}`.
 pub fn parse(text: &str, origin: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
-    let at = |offset: usize, key_path: String, message: String| {
-        let (line, col) = source::line_col(text, offset);
+    let at = |offset: Option<usize>, key_path: String, message: String| {
+        let (line, col) = offset.map_or((1, 1), |o| source::line_col(text, o));
         ConfigError {
             origin: origin.to_string(),
             line,
@@ -90,55 +102,65 @@ pub fn parse(text: &str, origin: &str, env: &dyn Fn(&str) -> Option<String>) -> 
             message,
         }
     };
-    let first = Document::parse(text).map_err(|e| {
-        let offset = e.span().map_or(0, |s| s.start);
+    let original = Document::parse(text.to_string()).map_err(|e| {
+        let offset = e.span().map(|s| s.start);
         ConfigErrors(vec![at(
             offset,
             String::new(),
-            format!("TOML syntax error: {}", e.message()),
+            format!("TOML syntax error: {}", e.message().trim_end()),
         )])
     })?;
-    let (interpolated, unset) = source::interpolate(text, &first, env);
-    let original = Document::parse(text.to_string()).map_err(|_| ConfigErrors(Vec::new()))?;
-    let unset_errors: Vec<ConfigError> = unset
-        .into_iter()
-        .map(|u| {
+    let interpolated = interp::interpolate(text, &original, env);
+    let mut errors: Vec<ConfigError> = interpolated
+        .problems
+        .iter()
+        .map(|p| {
             at(
-                u.offset,
-                source::key_path_at(&original, u.offset),
-                format!("environment variable {} is not set", u.name),
+                Some(p.offset),
+                source::key_path_at(&original, p.offset),
+                p.message.clone(),
             )
         })
         .collect();
     let doc = Document::parse(interpolated.text.clone()).map_err(|e| {
-        let offset = interpolated.original_offset(e.span().map_or(0, |s| s.start));
-        ConfigErrors(vec![at(
+        // Only a substitution can break a file that parsed before.
+        let offset = e.span().map(|s| interpolated.original_offset(s.start));
+        let mut errors = errors.clone();
+        errors.push(at(
             offset,
             String::new(),
-            format!("TOML syntax error after ${{VAR}} substitution: {}", e.message()),
-        )])
+            format!(
+                "TOML syntax error after ${{VAR}} substitution: {}",
+                e.message().trim_end()
+            ),
+        ));
+        ConfigErrors(errors)
     })?;
+    let unknown_values: Vec<Range<usize>> = interpolated.problems.iter().map(|p| p.value.clone()).collect();
     let mut sink = Sink::default();
-    let specs = read_units(&doc, &mut sink);
+    let specs = sections::read(&doc, &mut sink);
     let config = validate::validate(specs, &mut sink);
-    if sink.errors.is_empty()
-        && unset_errors.is_empty()
-        && let Some(config) = config
-    {
-        return Ok(config);
+    for (offset, message) in sink.errors {
+        let original_offset = offset.map(|o| interpolated.original_offset(o));
+        // A value whose variable could not be substituted is unknown, so
+        // complaints about what it became are noise.
+        if original_offset.is_some_and(|o| unknown_values.iter().any(|v| v.contains(&o))) {
+            continue;
+        }
+        let key_path = offset.map(|o| source::key_path_at(&doc, o)).unwrap_or_default();
+        errors.push(at(original_offset, key_path, message));
     }
-    let mut errors: Vec<ConfigError> = sink
-        .errors
-        .into_iter()
-        .map(|(offset, message)| {
-            let path = source::key_path_at(&doc, offset);
-            at(interpolated.original_offset(offset), path, message)
-        })
-        .chain(unset_errors)
-        .collect();
-    errors.sort_by_key(|e| (e.line, e.col));
-    errors.dedup();
-    Err(ConfigErrors(errors))
+    match config {
+        Some(config) if errors.is_empty() => Ok(config),
+        _ => {
+            if errors.is_empty() {
+                errors.push(at(None, String::new(), "invalid configuration".to_string()));
+            }
+            errors.sort_by_key(|e| (e.line, e.col));
+            errors.dedup();
+            Err(ConfigErrors(errors))
+        }
+    }
 }
 
 /// A one-line summary for `fulcrum check`.
@@ -161,151 +183,19 @@ fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
 
-/// Collects errors as (byte offset in the interpolated text, message).
+/// Collects errors as (byte offset in the substituted text, message); an
+/// error without an offset concerns the whole file.
 #[derive(Default)]
 pub(crate) struct Sink {
-    errors: Vec<(usize, String)>,
+    errors: Vec<(Option<usize>, String)>,
 }
 
 impl Sink {
     pub(crate) fn error(&mut self, span: Option<Range<usize>>, message: impl Into<String>) {
-        self.errors.push((span.map_or(0, |s| s.start), message.into()));
+        self.errors.push((span.map(|s| s.start), message.into()));
     }
-}
 
-/// The file's sections, each deserialized on its own so that an error in one
-/// never hides an error in another.
-#[derive(Default)]
-pub(crate) struct Specs {
-    pub global: schema::GlobalSpec,
-    pub listeners: Vec<(Option<Range<usize>>, schema::ListenerSpec)>,
-    pub routes: Vec<(Option<Range<usize>>, schema::RouteSpec)>,
-    pub upstreams: Vec<(String, Option<Range<usize>>, schema::UpstreamSpec)>,
-    pub rate_limits: Vec<(String, Option<Range<usize>>, schema::RateLimitSpec)>,
-    pub redis: Option<(Option<Range<usize>>, schema::RedisSpec)>,
-    /// Every name the file defines, read from the document itself, so that a
-    /// reference to a section with an error of its own is not reported again
-    /// as dangling.
-    pub names: Names,
-    /// Whether every section deserialized.
-    pub complete: bool,
-}
-
-#[derive(Default)]
-pub(crate) struct Names {
-    pub listeners: Vec<String>,
-    pub upstreams: Vec<String>,
-    pub rate_limits: Vec<String>,
-}
-
-fn read_units(doc: &Document<String>, sink: &mut Sink) -> Specs {
-    let mut specs = Specs {
-        complete: true,
-        ..Specs::default()
-    };
-    for (key, item) in doc.as_table().iter() {
-        let span = item_span(doc, key, item);
-        match key {
-            "global" => {
-                if let Some(g) = unit(item, span.clone(), sink, &mut specs.complete) {
-                    specs.global = g;
-                }
-            }
-            "listeners" | "routes" => {
-                let elements = elements(item);
-                if elements.is_none() {
-                    sink.error(span, format!("`{key}` must be an array of tables ([[{key}]])"));
-                    specs.complete = false;
-                }
-                for (el_span, el) in elements.unwrap_or_default() {
-                    if key == "listeners" {
-                        let name = el.as_table_like().and_then(|t| t.get("name")).and_then(|n| n.as_str());
-                        specs.names.listeners.extend(name.map(str::to_string));
-                        if let Some(l) = unit(&el, el_span.clone(), sink, &mut specs.complete) {
-                            specs.listeners.push((el_span, l));
-                        }
-                    } else if let Some(r) = unit(&el, el_span.clone(), sink, &mut specs.complete) {
-                        specs.routes.push((el_span, r));
-                    }
-                }
-            }
-            "upstreams" | "rate_limits" => {
-                let Some(table) = item.as_table_like() else {
-                    sink.error(
-                        span,
-                        format!("`{key}` must be a table of named sections ([{key}.NAME])"),
-                    );
-                    specs.complete = false;
-                    continue;
-                };
-                for (name, sub) in table.iter() {
-                    if key == "upstreams" {
-                        specs.names.upstreams.push(name.to_string());
-                    } else {
-                        specs.names.rate_limits.push(name.to_string());
-                    }
-                    let sub_span = sub.span().or_else(|| table.key(name).and_then(|k| k.span()));
-                    if key == "upstreams" {
-                        if let Some(u) = unit(sub, sub_span.clone(), sink, &mut specs.complete) {
-                            specs.upstreams.push((name.to_string(), sub_span, u));
-                        }
-                    } else if let Some(r) = unit(sub, sub_span.clone(), sink, &mut specs.complete) {
-                        specs.rate_limits.push((name.to_string(), sub_span, r));
-                    }
-                }
-            }
-            "redis" => {
-                if let Some(r) = unit(item, span.clone(), sink, &mut specs.complete) {
-                    specs.redis = Some((span, r));
-                }
-            }
-            other => {
-                sink.error(
-                    doc.as_table().key(other).and_then(|k| k.span()).or(span),
-                    format!(
-                        "unknown section `{other}`, expected one of `global`, `listeners`, `routes`, `upstreams`, `rate_limits`, `redis`"
-                    ),
-                );
-                specs.complete = false;
-            }
-        }
-    }
-    specs
-}
-
-fn item_span(doc: &Document<String>, key: &str, item: &Item) -> Option<Range<usize>> {
-    item.span().or_else(|| doc.as_table().key(key).and_then(|k| k.span()))
-}
-
-fn elements(item: &Item) -> Option<Vec<(Option<Range<usize>>, Item)>> {
-    match item {
-        Item::ArrayOfTables(a) => Some(a.iter().map(|t| (t.span(), Item::Table(t.clone()))).collect()),
-        Item::Value(toml_edit::Value::Array(a)) => Some(a.iter().map(|v| (v.span(), Item::Value(v.clone()))).collect()),
-        _ => None,
-    }
-}
-
-/// Deserializes one section; an error is recorded at its position.
-fn unit<T: for<'de> Deserialize<'de>>(
-    item: &Item,
-    span: Option<Range<usize>>,
-    sink: &mut Sink,
-    complete: &mut bool,
-) -> Option<T> {
-    let value = match item.clone().into_value() {
-        Ok(v) => v,
-        Err(_) => {
-            sink.error(span, "expected a table");
-            *complete = false;
-            return None;
-        }
-    };
-    match T::deserialize(value.into_deserializer()) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            sink.error(e.span().or(span), e.message().to_string());
-            *complete = false;
-            None
-        }
+    pub(crate) fn len(&self) -> usize {
+        self.errors.len()
     }
 }

@@ -5,14 +5,12 @@
 // is caught today) but not read until their feature lands.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
-
 use serde::Deserialize;
 use serde_spanned::Spanned;
 
 use super::units::{
-    DurationStr, HeaderNameStr, HeaderValueStr, HostPattern, KeySpec, ListenAddr, RateStr, ServerAddr, SizeStr,
-    StatusRange,
+    AccessLogStr, DurationStr, HashKeySpec, HeaderMapSpec, HeaderNameStr, HostPattern, LimitKeySpec, ListenAddr,
+    RateStr, ServerAddr, SizeStr, StatusRange,
 };
 
 #[derive(Debug, Default, Deserialize)]
@@ -22,9 +20,9 @@ pub struct GlobalSpec {
     pub admin_listen: Option<Spanned<ListenAddr>>,
     pub admin_token: Option<Spanned<String>>,
     pub shutdown_grace: Option<DurationStr>,
-    pub access_log: Option<Spanned<String>>,
+    pub access_log: Option<Spanned<AccessLogStr>>,
     pub access_log_format: Option<Spanned<AccessLogFormatSpec>>,
-    pub log_level: Option<String>,
+    pub log_level: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -41,14 +39,13 @@ pub struct ListenerSpec {
     pub listen: Spanned<ListenAddr>,
     pub max_connections: Option<Spanned<usize>>,
     pub max_connections_per_ip: Option<Spanned<usize>>,
-    pub request_header_timeout: Option<DurationStr>,
+    pub request_header_timeout: Option<Spanned<DurationStr>>,
     pub keepalive_timeout: Option<DurationStr>,
     pub max_header_size: Option<Spanned<SizeStr>>,
     pub max_body_size: Option<SizeStr>,
     pub expose_upstream: Option<bool>,
     pub proxy_protocol: Option<Spanned<bool>>,
-    // A `[listeners.tls]` table carries no span of its own.
-    pub tls: Option<TlsSpec>,
+    pub tls: Option<Spanned<TlsSpec>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -73,14 +70,14 @@ pub struct RouteSpec {
     pub host: Option<HostPattern>,
     pub path_prefix: Option<Spanned<String>>,
     #[serde(default)]
-    pub headers: BTreeMap<String, HeaderValueStr>,
+    pub headers: HeaderMapSpec,
     pub upstream: Option<Spanned<String>>,
     pub split: Option<Spanned<Vec<SplitSpec>>>,
     pub respond: Option<Spanned<RespondSpec>>,
     pub rewrite_prefix: Option<Spanned<String>>,
     pub rate_limit: Option<Spanned<String>>,
-    pub connect_timeout: Option<DurationStr>,
-    pub read_timeout: Option<DurationStr>,
+    pub connect_timeout: Option<Spanned<DurationStr>>,
+    pub read_timeout: Option<Spanned<DurationStr>>,
     pub retry: Option<Spanned<RetrySpec>>,
     pub request_headers: Option<HeaderEditsSpec>,
     pub response_headers: Option<HeaderEditsSpec>,
@@ -105,9 +102,9 @@ pub struct RespondSpec {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetrySpec {
-    pub tries: Option<u32>,
+    pub tries: Option<Spanned<u32>>,
     pub on: Option<Vec<RetryOnSpec>>,
-    pub timeout: Option<DurationStr>,
+    pub timeout: Option<Spanned<DurationStr>>,
     /// Bodies up to this size are kept to be sent again (default 64k).
     pub replay_body: Option<SizeStr>,
 }
@@ -136,7 +133,7 @@ pub enum CompressSpec {
 #[serde(deny_unknown_fields)]
 pub struct HeaderEditsSpec {
     #[serde(default)]
-    pub set: BTreeMap<String, HeaderValueStr>,
+    pub set: HeaderMapSpec,
     #[serde(default)]
     pub remove: Vec<HeaderNameStr>,
 }
@@ -145,7 +142,7 @@ pub struct HeaderEditsSpec {
 #[serde(deny_unknown_fields)]
 pub struct UpstreamSpec {
     pub balance: Option<Spanned<BalanceSpec>>,
-    pub hash_key: Option<Spanned<KeySpec>>,
+    pub hash_key: Option<Spanned<HashKeySpec>>,
     pub sticky: Option<Spanned<StickySpec>>,
     pub keepalive: Option<usize>,
     pub keepalive_timeout: Option<DurationStr>,
@@ -155,8 +152,7 @@ pub struct UpstreamSpec {
     pub fail_timeout: Option<Spanned<DurationStr>>,
     pub slow_start: Option<Spanned<DurationStr>>,
     pub servers: Spanned<Vec<ServerSpec>>,
-    // A `[upstreams.NAME.health_check]` table carries no span of its own.
-    pub health_check: Option<HealthCheckSpec>,
+    pub health_check: Option<Spanned<HealthCheckSpec>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -173,7 +169,7 @@ pub enum BalanceSpec {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StickySpec {
-    pub cookie: String,
+    pub cookie: Spanned<String>,
     pub max_age: Option<DurationStr>,
 }
 
@@ -189,9 +185,9 @@ pub struct ServerSpec {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckSpec {
-    pub path: Option<String>,
-    pub interval: Option<DurationStr>,
-    pub timeout: Option<DurationStr>,
+    pub path: Option<Spanned<String>>,
+    pub interval: Option<Spanned<DurationStr>>,
+    pub timeout: Option<Spanned<DurationStr>>,
     pub healthy_threshold: Option<Spanned<u32>>,
     pub unhealthy_threshold: Option<Spanned<u32>>,
     pub expect_status: Option<StatusRange>,
@@ -202,8 +198,8 @@ pub struct HealthCheckSpec {
 #[serde(deny_unknown_fields)]
 pub struct RateLimitSpec {
     pub rate: RateStr,
-    pub burst: Option<u32>,
-    pub key: Option<Spanned<KeySpec>>,
+    pub burst: Option<Spanned<u32>>,
+    pub key: Option<LimitKeySpec>,
     pub store: Option<Spanned<StoreSpec>>,
 }
 
@@ -217,7 +213,7 @@ pub enum StoreSpec {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSpec {
-    pub url: String,
+    pub url: Spanned<String>,
     pub on_error: Option<OnErrorSpec>,
 }
 

@@ -1,0 +1,390 @@
+//! Each kind of mistake, reported at `line:col` with its key path.
+
+use super::*;
+
+#[test]
+fn type_errors_point_at_the_value() {
+    assert_error(
+        &in_listener("max_conections = 5"),
+        "max_conections",
+        "listeners[0].max_conections",
+        "unknown field",
+    );
+    let text = BASE.replace("9001\" }", "9001\", weight = \"x\" }");
+    assert_error(
+        &text,
+        "\"x\"",
+        "upstreams.app.servers[0].weight",
+        "invalid type: string \"x\", expected u32",
+    );
+    assert_error(
+        &in_listener("keepalive_timeout = 75"),
+        "75",
+        "listeners[0].keepalive_timeout",
+        "durations are strings like \"30s\"",
+    );
+    assert_error(
+        &in_listener("keepalive_timeout = \"75 s\""),
+        "\"75 s\"",
+        "listeners[0].keepalive_timeout",
+        "invalid duration",
+    );
+    assert_error(
+        &in_listener("max_body_size = \"10X\""),
+        "\"10X\"",
+        "listeners[0].max_body_size",
+        "invalid size",
+    );
+    assert_error(
+        &in_route("host = \"a.*.com\""),
+        "\"a.*.com\"",
+        "routes[0].host",
+        "invalid host",
+    );
+    assert_error(
+        &in_route("headers = { \"bad name\" = \"1\" }"),
+        "\"bad name\"",
+        "routes[0].headers.\"bad name\"",
+        "invalid header name",
+    );
+    assert_error(
+        &in_upstream("balance = \"fastest\""),
+        "\"fastest\"",
+        "upstreams.app.balance",
+        "unknown variant `fastest`",
+    );
+    let text = BASE.replace("127.0.0.1:9001", "app");
+    assert_error(
+        &text,
+        "\"app\" }",
+        "upstreams.app.servers[0].address",
+        "invalid server address",
+    );
+    assert_error(
+        &format!("{BASE}[global]\naccess_log_format = \"xml\"\n"),
+        "\"xml\"",
+        "global.access_log_format",
+        "unknown variant",
+    );
+}
+
+#[test]
+fn structural_mistakes_are_explained() {
+    assert_error("listeners = 5\n", "5", "listeners", "must be an array of tables");
+    assert_error(
+        &format!("{BASE}[upstream.x]\n"),
+        "upstream.x",
+        "upstream",
+        "unknown section `upstream`",
+    );
+    assert_error(&format!("global = 1\n{BASE}"), "1\n", "global", "expected a table");
+    let lines = error_lines("[global]\nworkers = 1\n");
+    assert!(
+        lines.contains(&"f.toml:1:1: at least one [[listeners]] is needed".to_string()),
+        "{lines:?}"
+    );
+    assert!(
+        lines.contains(&"f.toml:1:1: at least one [[routes]] is needed".to_string()),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn semantic_rules_are_checked_where_they_break() {
+    let second = |listen: &str| {
+        BASE.replace(
+            "[[routes]]",
+            &format!("[[listeners]]\nname = \"b\"\nlisten = \"{listen}\"\n\n[[routes]]"),
+        )
+    };
+    let text = second("127.0.0.1:8080");
+    assert_error_at(
+        &text,
+        "name = \"b\"",
+        "\"127.0.0.1:8080\"",
+        "listeners[1].listen",
+        "overlaps",
+    );
+    assert_error(
+        &second("0.0.0.0:8080"),
+        "\"0.0.0.0:8080\"",
+        "listeners[1].listen",
+        "overlaps",
+    );
+    assert!(parse(&second("127.0.0.1:8081"), "f", &env).is_ok());
+    let text = BASE.replace(
+        "[[routes]]",
+        "[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:8081\"\n[[routes]]",
+    );
+    assert_error_at(
+        &text,
+        "listen = \"127.0.0.1:8080",
+        "\"web\"",
+        "listeners[1].name",
+        "duplicate listener name `web`",
+    );
+    assert_error(
+        &in_listener("max_connections = 0"),
+        "0\n",
+        "listeners[0].max_connections",
+        "at least 1",
+    );
+    assert_error(
+        &format!("[global]\nworkers = 2000\n{BASE}"),
+        "2000",
+        "global.workers",
+        "at most 1024",
+    );
+    assert_error(
+        &in_route("listeners = [\"nope\"]"),
+        "\"nope\"",
+        "routes[0].listeners[0]",
+        "no listener named `nope`",
+    );
+    let text = BASE.replace("upstream = \"app\"", "upstream = \"ghost\"");
+    assert_error(&text, "\"ghost\"", "routes[0].upstream", "no upstream named `ghost`");
+    assert_error(
+        &in_route("rate_limit = \"api\""),
+        "\"api\"",
+        "routes[0].rate_limit",
+        "no rate limit named `api`",
+    );
+    assert_error(
+        &in_route("respond = { status = 200 }"),
+        "[[routes]]",
+        "routes[0]",
+        "only one of",
+    );
+    let text = BASE.replace("upstream = \"app\"", "path_prefix = \"/x\"");
+    assert_error(&text, "[[routes]]", "routes[0]", "needs one of");
+    assert_error(
+        &in_route("path_prefix = \"api\""),
+        "\"api\"",
+        "routes[0].path_prefix",
+        "must start with `/`",
+    );
+    assert_error(
+        &in_route("rewrite_prefix = \"v2\""),
+        "\"v2\"",
+        "routes[0].rewrite_prefix",
+        "must start with `/`",
+    );
+    assert_error(
+        &in_route("connect_timeout = \"0s\""),
+        "\"0s\"",
+        "routes[0].connect_timeout",
+        "greater than 0",
+    );
+    let text = BASE.replace("upstream = \"app\"", "respond = { status = 700 }");
+    assert_error(&text, "700", "routes[0].respond.status", "between 100 and 599");
+    let text = BASE.replace("upstream = \"app\"", "split = [ { upstream = \"app\", weight = 0 } ]");
+    assert_error(&text, "0 }", "routes[0].split[0].weight", "at least 1");
+}
+
+#[test]
+fn route_names_are_unique() {
+    let two =
+        |a: &str, b: &str| format!("{BASE}[[routes]]\n{a}upstream = \"app\"\n[[routes]]\n{b}upstream = \"app\"\n");
+    let text = two("name = \"x\"\n", "name = \"x\"\n");
+    assert_error_at(
+        &text,
+        "name = \"x\"\nupstream = \"app\"\n[[routes]]",
+        "\"x\"",
+        "routes[2].name",
+        "duplicate route name `x`",
+    );
+    let text = two("name = \"route2\"\n", "");
+    assert_error(&text, "\"route2\"", "routes[1].name", "routes[2], which has none");
+}
+
+#[test]
+fn upstream_rules_are_checked_where_they_break() {
+    let text = BASE.replace("servers = [ { address = \"127.0.0.1:9001\" } ]", "servers = []");
+    assert_error(&text, "[]", "upstreams.app.servers", "has no servers");
+    let text = BASE.replace("9001\" }", "9001\", weight = 0 }");
+    assert_error(&text, "0 }", "upstreams.app.servers[0].weight", "at least 1");
+    let text = BASE.replace("9001\" }", "9001\" }, { address = \"127.0.0.1:9001\" }");
+    assert_error_at(
+        &text,
+        "}, ",
+        "\"127.0.0.1:9001\"",
+        "upstreams.app.servers[1].address",
+        "duplicate server",
+    );
+    assert_error(
+        &in_upstream("balance = \"hash\""),
+        "\"hash\"",
+        "upstreams.app.balance",
+        "needs a `hash_key`",
+    );
+    assert_error(
+        &in_upstream("hash_key = \"path\""),
+        "\"path\"",
+        "upstreams.app.hash_key",
+        "only used with",
+    );
+    assert_error(
+        &in_upstream("balance = \"hash\"\nhash_key = \"ip\""),
+        "\"ip\"",
+        "upstreams.app.hash_key",
+        "invalid hash_key",
+    );
+    let check = |keys: &str| format!("{BASE}[upstreams.app.health_check]\n{keys}\n");
+    assert_error(
+        &check("healthy_threshold = 0"),
+        "0\n",
+        "upstreams.app.health_check.healthy_threshold",
+        "at least 1",
+    );
+    assert_error(
+        &check("interval = \"1s\"\ntimeout = \"2s\""),
+        "\"2s\"",
+        "upstreams.app.health_check.timeout",
+        "must not exceed",
+    );
+    assert_error(
+        &check("interval = \"0s\""),
+        "\"0s\"",
+        "upstreams.app.health_check.interval",
+        "greater than 0",
+    );
+    assert_error(
+        &check("path = \"health\""),
+        "\"health\"",
+        "upstreams.app.health_check.path",
+        "must start with `/`",
+    );
+    assert_error(
+        &check("expect_status = \"200-999\""),
+        "\"200-999\"",
+        "upstreams.app.health_check.expect_status",
+        "invalid status range",
+    );
+    let text = format!("{BASE}[rate_limits.api]\nrate = \"5/s\"\nstore = \"redis\"\n");
+    assert_error(&text, "\"redis\"", "rate_limits.api.store", "needs a [redis] section");
+}
+
+#[test]
+fn every_unbuilt_key_is_refused_at_its_position() {
+    let cases = [
+        (
+            format!("{BASE}[global]\nadmin_token = \"t\"\n"),
+            "\"t\"",
+            "global.admin_token",
+        ),
+        (
+            format!("{BASE}[global]\naccess_log = \"stdout\"\n"),
+            "\"stdout\"",
+            "global.access_log",
+        ),
+        (
+            format!("{BASE}[global]\naccess_log_format = \"json\"\n"),
+            "\"json\"",
+            "global.access_log_format",
+        ),
+        (
+            format!("{BASE}[listeners.tls]\ncertificates = []\n"),
+            "[listeners.tls]",
+            "listeners[0].tls",
+        ),
+        (
+            in_listener("max_connections_per_ip = 5"),
+            "5\n",
+            "listeners[0].max_connections_per_ip",
+        ),
+        (
+            in_listener("proxy_protocol = true"),
+            "true",
+            "listeners[0].proxy_protocol",
+        ),
+        (
+            BASE.replace("upstream = \"app\"", "split = [ { upstream = \"app\", weight = 1 } ]"),
+            "[ {",
+            "routes[0].split",
+        ),
+        (
+            in_route("retry = { tries = 2 }\ncompress = [\"gzip\"]"),
+            "[\"gzip\"]",
+            "routes[0].compress",
+        ),
+        (
+            format!("{BASE}[rate_limits.api]\nrate = \"5/s\"\n"),
+            "[rate_limits.api]",
+            "rate_limits.api",
+        ),
+        (
+            format!("{BASE}[redis]\nurl = \"redis://127.0.0.1:6379\"\n"),
+            "[redis]",
+            "redis",
+        ),
+    ];
+    for (text, at, key_path) in &cases {
+        assert_error(text, at, key_path, "not supported yet");
+    }
+    let text = format!(
+        "{}[rate_limits.api]\nrate = \"5/s\"\n",
+        in_route("rate_limit = \"api\"")
+    );
+    assert_error(&text, "\"api\"", "routes[0].rate_limit", "not supported yet");
+    let built = format!(
+        "{}[global]\nadmin_listen = \"127.0.0.1:9900\"\naccess_log = \"off\"\n",
+        in_listener("max_connections_per_ip = 0\nproxy_protocol = false")
+    );
+    parse_ok(&built);
+}
+
+#[test]
+fn environment_variables_are_substituted_and_positions_kept() {
+    let text = in_route("request_headers = { set = { \"X-A\" = \"${LONG}\" } }\nread_timeout = \"soon\"");
+    assert_error(&text, "\"soon\"", "routes[0].read_timeout", "invalid duration");
+    let text = in_route("request_headers = { set = { \"X-A\" = \"${LONG}\", \"X B\" = \"1\" } }");
+    assert_error(
+        &text,
+        "\"X B\"",
+        "routes[0].request_headers.set.\"X B\"",
+        "invalid header name",
+    );
+    let text = BASE.replace("\"web\"", "\"${NOT_SET}\"");
+    assert_error(
+        &text,
+        "${NOT_SET}",
+        "listeners[0].name",
+        "environment variable NOT_SET is not set",
+    );
+    let text = BASE.replace("upstream = \"app\"", "upstream = \"x-${NOT_SET}\"");
+    let lines = error_lines(&text);
+    assert_eq!(lines.len(), 1, "the unknown value is not complained about: {lines:?}");
+    let text = BASE.replace("\"web\"", "'${QUOTE}'");
+    assert_error(&text, "${QUOTE}", "listeners[0].name", "'literal' string");
+}
+
+#[test]
+fn syntax_errors_have_a_position() {
+    assert_error("[[listeners]\nname = 1\n", "\n", "", "TOML syntax error");
+    assert_error("a = \"open\n", "\n", "", "TOML syntax error");
+}
+
+#[test]
+fn errors_in_different_sections_come_together_in_file_order() {
+    let text = r#"[global]
+shutdown_grace = 30
+
+[[listeners]]
+name = "web"
+listen = "not an address"
+
+[[routes]]
+upstream = "missing"
+
+[upstreams.app]
+servers = [ { address = "127.0.0.1:9001", weight = 0 } ]
+"#;
+    let lines = error_lines(text);
+    let prefixes: Vec<&str> = lines.iter().map(|l| &l[..l.find(": ").unwrap()]).collect();
+    assert_eq!(
+        prefixes,
+        ["f.toml:2:18", "f.toml:6:10", "f.toml:9:12", "f.toml:12:52"],
+        "{lines:#?}"
+    );
+    assert!(lines[3].starts_with("f.toml:12:52: upstreams.app.servers[0].weight: weight must be at least 1"));
+}
