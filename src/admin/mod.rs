@@ -111,7 +111,8 @@ fn upstreams(shared: &Shared) -> serde_json::Value {
 
 fn metrics(shared: &Shared) -> Response<Full<Bytes>> {
     let snapshot = shared.snapshot.load();
-    let body = crate::observe::metrics::render(&snapshot, &shared.listener_stats, &shared.unrouted);
+    let mut body = crate::observe::metrics::render(&snapshot, &shared.listener_stats, &shared.unrouted);
+    crate::observe::access_log::render_metrics(&mut body, shared.access_log.as_ref());
     let mut response = Response::new(Full::new(Bytes::from(body)));
     response.headers_mut().insert(
         header::CONTENT_TYPE,

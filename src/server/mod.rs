@@ -15,6 +15,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::{Notify, Semaphore, watch};
 
 use crate::config::{Config, ListenerId};
+use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::{ListenerStats, UnroutedStats};
 pub use snapshot::Snapshot;
 
@@ -27,6 +28,8 @@ pub struct Shared {
     pub listener_stats: Vec<(String, Arc<ListenerStats>)>,
     /// Requests that matched no route.
     pub unrouted: UnroutedStats,
+    /// `None` when `global.access_log` is off.
+    pub access_log: Option<AccessLog>,
 }
 
 /// Counts live client connections so that shutdown can wait for them.
@@ -101,10 +104,12 @@ impl Server {
             .iter()
             .map(|b| (b.name.clone(), Arc::new(ListenerStats::default())))
             .collect();
+        let access_log = AccessLog::start(&config.global)?;
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(Snapshot::build(config)),
             listener_stats,
             unrouted: UnroutedStats::default(),
+            access_log,
         });
         let (shutdown, _) = watch::channel(false);
         let addrs = bound.iter().map(|b| (b.name.clone(), b.addr)).collect();
@@ -172,6 +177,9 @@ impl Server {
         tracing::info!(grace = ?self.grace, "shutting down");
         for handle in self.workers {
             let _ = handle.join();
+        }
+        if let Some(log) = &self.shared.access_log {
+            log.close();
         }
         tracing::info!("stopped");
     }
