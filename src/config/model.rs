@@ -190,7 +190,7 @@ pub struct Sticky {
 }
 
 /// Active health checks: a GET of `path` on every server each `interval`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct HealthCheck {
     pub path: String,
     /// `Host` header to send; the server's address when `None`.

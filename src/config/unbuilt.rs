@@ -14,9 +14,6 @@ pub(super) fn reject_unbuilt(specs: &Specs, sink: &mut Sink) {
         sink.error(span, format!("not supported yet ({what})"));
     };
     let g = &specs.global;
-    if let Some(v) = &g.admin_token {
-        reject(Some(v.span()), "the admin API's mutating calls");
-    }
     if let Some(v) = &g.access_log
         && v.get_ref().0 != AccessLog::Off
     {

@@ -3,6 +3,7 @@
 //! Prometheus text format by the admin listener.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -53,12 +54,20 @@ impl ServerStats {
 }
 
 /// Counters of one route: responses by server and status class, retries,
-/// and the time to the response head.
+/// and the time to the response head. Every counter sits behind an `Arc` so
+/// that a reload can hand it to the new snapshot: counters never go back.
 #[derive(Debug)]
 pub struct RouteStats {
     /// One row per server of the route's upstream, plus a last row for
     /// answers that came from no server (respond routes, 503, 413, ...).
-    responses: Box<[[AtomicU64; 4]]>,
+    responses: Box<[Arc<ClassCounts>]>,
+    totals: Arc<RouteTotals>,
+}
+
+type ClassCounts = [AtomicU64; 4];
+
+#[derive(Debug, Default)]
+struct RouteTotals {
     retries: AtomicU64,
     buckets: [AtomicU64; BUCKETS.len()],
     count: AtomicU64,
@@ -69,10 +78,26 @@ impl RouteStats {
     pub fn new(servers: usize) -> Self {
         RouteStats {
             responses: (0..=servers).map(|_| Default::default()).collect(),
-            retries: AtomicU64::new(0),
-            buckets: Default::default(),
-            count: AtomicU64::new(0),
-            sum_micros: AtomicU64::new(0),
+            totals: Default::default(),
+        }
+    }
+
+    /// Stats for a route of a new snapshot that take over the counters of
+    /// the same route in the old one: the totals, and the row of each server
+    /// `servers` has in common with `previous_servers` (by address).
+    pub fn carried(servers: &[&str], previous: &RouteStats, previous_servers: &[&str]) -> Self {
+        let local = previous.responses[previous.responses.len() - 1].clone();
+        let responses = servers
+            .iter()
+            .map(|address| match previous_servers.iter().position(|p| p == address) {
+                Some(i) if i + 1 < previous.responses.len() => previous.responses[i].clone(),
+                _ => Default::default(),
+            })
+            .chain(std::iter::once(local))
+            .collect();
+        RouteStats {
+            responses,
+            totals: previous.totals.clone(),
         }
     }
 
@@ -80,15 +105,18 @@ impl RouteStats {
     pub fn record(&self, server: Option<usize>, status: u16, elapsed: Duration, retries: u32) {
         let row = server.unwrap_or(self.responses.len() - 1).min(self.responses.len() - 1);
         self.responses[row][class(status)].fetch_add(1, Ordering::Relaxed);
+        let totals = &*self.totals;
         if retries > 0 {
-            self.retries.fetch_add(u64::from(retries), Ordering::Relaxed);
+            totals.retries.fetch_add(u64::from(retries), Ordering::Relaxed);
         }
         let secs = elapsed.as_secs_f64();
         if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+            totals.buckets[i].fetch_add(1, Ordering::Relaxed);
         }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        totals.count.fetch_add(1, Ordering::Relaxed);
+        totals
+            .sum_micros
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
     }
 }
 
@@ -116,6 +144,7 @@ pub fn render(
     snapshot: &Snapshot,
     listeners: &[(String, std::sync::Arc<ListenerStats>)],
     unrouted: &UnroutedStats,
+    reloads: &[AtomicU64; 2],
 ) -> String {
     let mut out = String::with_capacity(4096);
     let now = now_ms();
@@ -160,19 +189,19 @@ pub fn render(
         let upstream_name = snapshot.route_upstream(route).map_or("", |u| u.name.as_str());
         let labels = format!("route=\"{}\",upstream=\"{upstream_name}\"", route.name);
         let mut cumulative = 0;
-        for (bound, bucket) in BUCKETS.iter().zip(&stats.buckets) {
+        for (bound, bucket) in BUCKETS.iter().zip(&stats.totals.buckets) {
             cumulative += bucket.load(Ordering::Relaxed);
             let _ = writeln!(
                 out,
                 "fulcrum_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
             );
         }
-        let count = stats.count.load(Ordering::Relaxed);
+        let count = stats.totals.count.load(Ordering::Relaxed);
         let _ = writeln!(
             out,
             "fulcrum_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {count}"
         );
-        let sum = stats.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let sum = stats.totals.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
         let _ = writeln!(out, "fulcrum_request_duration_seconds_sum{{{labels}}} {sum}");
         let _ = writeln!(out, "fulcrum_request_duration_seconds_count{{{labels}}} {count}");
     }
@@ -183,7 +212,7 @@ pub fn render(
             out,
             "fulcrum_retries_total{{route=\"{}\"}} {}",
             route.name,
-            stats.retries.load(Ordering::Relaxed)
+            stats.totals.retries.load(Ordering::Relaxed)
         );
     }
 
@@ -262,6 +291,12 @@ pub fn render(
     out.push_str(
         "# HELP fulcrum_config_reloads_total Config reloads, by result.\n# TYPE fulcrum_config_reloads_total counter\n",
     );
-    out.push_str("fulcrum_config_reloads_total{result=\"ok\"} 0\nfulcrum_config_reloads_total{result=\"error\"} 0\n");
+    for (result, count) in ["ok", "error"].iter().zip(reloads) {
+        let _ = writeln!(
+            out,
+            "fulcrum_config_reloads_total{{result=\"{result}\"}} {}",
+            count.load(Ordering::Relaxed)
+        );
+    }
     out
 }

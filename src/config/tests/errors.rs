@@ -268,11 +268,6 @@ fn upstream_rules_are_checked_where_they_break() {
 fn every_unbuilt_key_is_refused_at_its_position() {
     let cases = [
         (
-            format!("{BASE}[global]\nadmin_token = \"t\"\n"),
-            "\"t\"",
-            "global.admin_token",
-        ),
-        (
             format!("{BASE}[global]\naccess_log = \"stdout\"\n"),
             "\"stdout\"",
             "global.access_log",
