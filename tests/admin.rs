@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use support::{Conn, Fulcrum, Resp, backends, get, request, wait_until_async};
+use support::{Conn, Fulcrum, Resp, backends, get, request, wait_until};
 
 #[tokio::test]
 async fn health_ready_and_upstreams_describe_the_running_balancer() {
@@ -253,8 +253,10 @@ async fn a_drained_server_finishes_its_requests_in_flight_and_gets_no_new_ones()
     let (admin, web) = (lb.addr("admin"), lb.addr("web"));
     // Round robin from a: the slow request goes to a.
     let slow = tokio::spawn(async move { get(web, "/delay/1500").await });
-    wait_until_async("the slow request to be in flight on a", Duration::from_secs(10), || async move {
-        get(admin, "/api/upstreams").await.json()["upstreams"][0]["servers"][0]["active_requests"] == 1
+    // In flight on a: a has its head (so `before` below counts it).
+    let a_stats = b[0].stats.clone();
+    wait_until("the slow request to reach a", Duration::from_secs(10), || {
+        a_stats.requests.load(Ordering::Relaxed) == 1
     })
     .await;
     let drained = call(

@@ -75,6 +75,12 @@ fn route(config: &Config, r: &Route) -> Value {
     });
     match &r.action {
         RouteAction::Upstream(id) => out["upstream"] = Value::from(config.upstreams[id.0].name.clone()),
+        RouteAction::Split(targets) => {
+            out["split"] = targets
+                .iter()
+                .map(|t| json!({ "upstream": config.upstreams[t.upstream.0].name, "weight": t.weight }))
+                .collect();
+        }
         RouteAction::Respond { status, body } => {
             out["respond"] = json!({ "status": status.as_u16(), "body": String::from_utf8_lossy(body) });
         }

@@ -4,6 +4,7 @@
 mod error;
 pub mod headers;
 mod key;
+mod split;
 
 pub use error::ProxyError;
 
@@ -58,7 +59,7 @@ pub async fn handle(req: Request<Incoming>, client: &ClientInfo, shared: &Shared
     };
     let status = response.status().as_u16();
     match meta.route.and_then(|r| snapshot.route_stats.get(r.0)) {
-        Some(stats) => stats.record(meta.server, status, started.elapsed(), meta.retries),
+        Some(stats) => stats.record(meta.upstream, meta.server, status, started.elapsed(), meta.retries),
         None => shared.unrouted.record(status),
     }
     response.headers_mut().insert(headers::X_REQUEST_ID, request_id);
@@ -69,7 +70,9 @@ pub async fn handle(req: Request<Incoming>, client: &ClientInfo, shared: &Shared
 #[derive(Debug, Default)]
 struct Meta {
     route: Option<RouteId>,
-    /// Index in the route's upstream of the server that answered last.
+    /// Index in the route's upstreams (several for a split) of the one used.
+    upstream: Option<usize>,
+    /// Index in that upstream of the server that answered last.
     server: Option<usize>,
     retries: u32,
 }
@@ -96,7 +99,15 @@ async fn forward(
     }
     let upstream_id = match &route.action {
         RouteAction::Respond { status, body } => return Ok(respond(route, *status, body.clone())),
-        RouteAction::Upstream(id) => *id,
+        RouteAction::Upstream(id) => {
+            meta.upstream = Some(0);
+            *id
+        }
+        RouteAction::Split(targets) => {
+            let i = split::choose(targets, snapshot, &req);
+            meta.upstream = Some(i);
+            targets[i].upstream
+        }
     };
     let upstream = snapshot.upstream(upstream_id);
     let key = key::request_key(upstream, &req, client);

@@ -14,6 +14,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::listener::{self, WorkerListener};
+use super::per_ip::PerIp;
 use super::{ListenerSlot, Shared, Snapshot, WorkerCommand};
 use crate::config::{self, Config, ConfigErrors};
 use crate::observe::metrics::{ListenerStats, UnroutedStats};
@@ -41,6 +42,7 @@ struct Running {
     max_connections: usize,
     slots: Arc<Semaphore>,
     stats: Arc<ListenerStats>,
+    per_ip: Arc<PerIp>,
     stop: watch::Sender<bool>,
 }
 
@@ -190,6 +192,7 @@ impl Control {
                     socket,
                     slots: b.running.slots.clone(),
                     stats: b.running.stats.clone(),
+                    per_ip: b.running.per_ip.clone(),
                     stop: b.stop.clone(),
                 }));
             }
@@ -243,6 +246,7 @@ fn plan_listeners(config: &Config, state: &mut State, workers: usize) -> Result<
             .position(|r| r.name == l.name && r.listen == l.listen)
         {
             resizes.push((i, l.max_connections));
+            state.listeners[i].per_ip.set_limit(l.max_connections_per_ip);
             plan.slots.push(state.listeners[i].slot);
             continue;
         }
@@ -262,6 +266,7 @@ fn plan_listeners(config: &Config, state: &mut State, workers: usize) -> Result<
                 max_connections,
                 slots: Arc::new(Semaphore::new(max_connections)),
                 stats: Arc::new(ListenerStats::default()),
+                per_ip: Arc::new(PerIp::new(l.max_connections_per_ip)),
                 stop,
             },
             sockets,

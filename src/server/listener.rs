@@ -10,6 +10,7 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{Semaphore, watch};
 
+use super::per_ip::PerIp;
 use super::{ConnTracker, ListenerSlot, Shared};
 use crate::observe::metrics::ListenerStats;
 use crate::proxy::ClientInfo;
@@ -23,6 +24,8 @@ pub(crate) struct WorkerListener {
     /// and new connections wait in the kernel backlog.
     pub slots: Arc<Semaphore>,
     pub stats: Arc<ListenerStats>,
+    /// `max_connections_per_ip`.
+    pub per_ip: Arc<PerIp>,
     /// Turns true (or is dropped) when the listener closes: at shutdown, or
     /// when a reload removes it. Its connections close gracefully then.
     pub stop: watch::Receiver<bool>,
@@ -55,6 +58,7 @@ pub(super) async fn accept_loop(l: WorkerListener, shared: Arc<Shared>, tracker:
         socket,
         slots,
         stats,
+        per_ip,
         mut stop,
     } = l;
     let listener = match tokio::net::TcpListener::from_std(socket) {
@@ -79,6 +83,13 @@ pub(super) async fn accept_loop(l: WorkerListener, shared: Arc<Shared>, tracker:
                 }
             },
             _ = stop.changed() => return,
+        };
+        // Over its address's limit: closed at once, before it costs a slot.
+        let Some(per_ip_guard) = per_ip.try_enter(peer.ip()) else {
+            stats.refused_per_ip.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(client = %peer, "max_connections_per_ip reached: connection refused");
+            drop(stream);
+            continue;
         };
         // At the limit, this worker stops accepting until a slot frees: the
         // connection in hand waits, and the others wait in the backlog. Taking
@@ -106,6 +117,7 @@ pub(super) async fn accept_loop(l: WorkerListener, shared: Arc<Shared>, tracker:
             }
             stats.active.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
+            drop(per_ip_guard);
             drop(guard);
         });
     }

@@ -5,6 +5,7 @@
 mod conn;
 pub mod control;
 mod listener;
+mod per_ip;
 pub mod snapshot;
 pub mod worker;
 

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::config::{Config, ListenerId, Route, RouteAction, UpstreamId};
+use crate::config::{Config, ListenerId, Route, UpstreamId};
 use crate::observe::metrics::RouteStats;
 use crate::router::RouteTable;
 use crate::upstream::UpstreamPool;
@@ -47,18 +47,20 @@ impl Snapshot {
             .routes
             .iter()
             .map(|r| {
-                let upstream = match r.action {
-                    RouteAction::Upstream(id) => Some(&upstreams[id.0]),
-                    RouteAction::Respond { .. } => None,
-                };
-                let servers: Vec<&str> = upstream
-                    .map(|u| u.servers.iter().map(|s| s.address.as_str()).collect())
-                    .unwrap_or_default();
-                let upstream_name = upstream.map(|u| u.name.as_str());
-                match previous.and_then(|p| p.carried_route_stats(&r.name, upstream_name)) {
-                    Some((old, old_servers)) => RouteStats::carried(&servers, old, &old_servers),
-                    None => RouteStats::new(servers.len()),
-                }
+                let targets: Vec<(&str, Vec<&str>)> = r
+                    .action
+                    .upstream_ids()
+                    .into_iter()
+                    .map(|id| {
+                        let u = &upstreams[id.0];
+                        (u.name.as_str(), u.servers.iter().map(|s| s.address.as_str()).collect())
+                    })
+                    .collect();
+                let old = previous.and_then(|p| {
+                    let i = p.config.routes.iter().position(|o| o.name == r.name)?;
+                    p.route_stats.get(i)
+                });
+                RouteStats::new(&targets, old)
             })
             .collect();
         let mut listener_ids = Vec::new();
@@ -78,21 +80,6 @@ impl Snapshot {
         }
     }
 
-    /// The counters of the route of the same name that forwarded to the
-    /// same upstream (`None`: answered itself), with the addresses their rows
-    /// belong to.
-    fn carried_route_stats(&self, name: &str, upstream: Option<&str>) -> Option<(&RouteStats, Vec<&str>)> {
-        let index = self.config.routes.iter().position(|r| r.name == name)?;
-        let old_upstream = self.route_upstream(&self.config.routes[index]);
-        if old_upstream.map(|u| u.name.as_str()) != upstream {
-            return None;
-        }
-        let servers = old_upstream
-            .map(|u| u.servers.iter().map(|s| s.address.as_str()).collect())
-            .unwrap_or_default();
-        Some((&self.route_stats[index], servers))
-    }
-
     /// Which listener of this config a running slot is, if it still is one.
     #[inline]
     pub fn listener_id(&self, slot: ListenerSlot) -> Option<ListenerId> {
@@ -103,11 +90,14 @@ impl Snapshot {
         &self.upstreams[id.0]
     }
 
-    /// The upstream a route forwards to, if it forwards at all.
-    pub fn route_upstream(&self, route: &Route) -> Option<&UpstreamPool> {
-        match route.action {
-            RouteAction::Upstream(id) => self.upstreams.get(id.0),
-            RouteAction::Respond { .. } => None,
-        }
+    /// The upstreams a route forwards to, in config order (none for a
+    /// `respond` route, several for a `split`).
+    pub fn route_upstreams(&self, route: &Route) -> Vec<&UpstreamPool> {
+        route
+            .action
+            .upstream_ids()
+            .into_iter()
+            .filter_map(|id| self.upstreams.get(id.0))
+            .collect()
     }
 }
