@@ -507,3 +507,27 @@ async fn a_log_path_in_a_missing_directory_is_refused_by_check_and_run() {
     let position = regex::Regex::new(r"fulcrum\.toml:\d+:\d+: global\.access_log: ").unwrap();
     assert!(position.is_match(line), "{line}");
 }
+
+#[tokio::test]
+async fn a_split_route_logs_the_server_of_the_upstream_it_chose() {
+    let b = backends(&["stable", "canary"]).await;
+    let text = config(
+        "access_log = \"access.log\"",
+        r#"
+[[routes]]
+name = "canary"
+split = [ { upstream = "stable", weight = 0 }, { upstream = "canary", weight = 1 } ]
+"#,
+        &format!(
+            "[upstreams.stable]\nservers = [ {{ address = \"{}\" }} ]\n[upstreams.canary]\nservers = [ {{ address = \"{}\" }} ]\n",
+            b[0].addr, b[1].addr
+        ),
+    );
+    let lb = Fulcrum::start(&text);
+    let resp = get(lb.addr("web"), "/bytes/10").await;
+    assert_eq!((resp.status.as_u16(), resp.body.len()), (200, 10));
+    let lines = wait_for_lines(&lb.dir().join("access.log"), 1).await;
+    let line = parse(&lines[0]);
+    assert_eq!(line["route"], "canary");
+    assert_eq!(line["upstream"], b[1].addr.to_string(), "{line}");
+}

@@ -4,6 +4,7 @@
 mod error;
 pub mod headers;
 mod key;
+mod split;
 
 pub use error::ProxyError;
 
@@ -20,27 +21,24 @@ use crate::config::{Listener, ListenerId, Route, RouteAction};
 use crate::observe::access_log::{Answer, LoggedBody};
 use crate::observe::metrics::FailureKind;
 use crate::router::{self, RouteId};
-use crate::server::{Shared, Snapshot};
+use crate::server::{ListenerSlot, Shared, Snapshot};
 use crate::upstream::{ActiveGuard, ConnectError, NoServer, ServerState, UpstreamPool};
 
 /// What the proxy knows about the client side of a request.
 #[derive(Debug, Clone)]
 pub struct ClientInfo {
-    pub listener: ListenerId,
+    /// The running listener the connection came in on.
+    pub slot: ListenerSlot,
     pub peer: SocketAddr,
     /// The peer's IP as a header value, made once per connection.
     pub ip_header: HeaderValue,
 }
 
 impl ClientInfo {
-    pub fn new(listener: ListenerId, peer: SocketAddr) -> Self {
+    pub fn new(slot: ListenerSlot, peer: SocketAddr) -> Self {
         let ip_header = HeaderValue::from_maybe_shared(bytes::Bytes::from(peer.ip().to_string()))
             .unwrap_or(HeaderValue::from_static("unknown"));
-        ClientInfo {
-            listener,
-            peer,
-            ip_header,
-        }
+        ClientInfo { slot, peer, ip_header }
     }
 }
 
@@ -55,14 +53,19 @@ pub async fn handle(req: Request<Incoming>, client: &ClientInfo, shared: &Shared
         .as_ref()
         .map(|log| log.begin(&req, client.peer.ip(), &request_id, started));
     let mut meta = Meta::default();
-    let forwarded = match snapshot.config.listeners.get(client.listener.0) {
-        Some(listener) => forward(req, client, listener, &snapshot, &request_id, &mut meta).await,
-        None => Err(ProxyError::NoRoute),
+    let forwarded = match snapshot.listener_id(client.slot) {
+        Some(listener_id) => {
+            let listener = &snapshot.config.listeners[listener_id.0];
+            forward(req, client, (listener_id, listener), &snapshot, &request_id, &mut meta).await
+        }
+        // A reload removed the listener after this connection was accepted:
+        // the connection is being closed; answer what is in the pipe.
+        None => Err(ProxyError::ListenerClosed),
     };
     let mut response = forwarded.unwrap_or_else(|error| error.into_response(&request_id));
     let status = response.status().as_u16();
     match meta.route.and_then(|r| snapshot.route_stats.get(r.0)) {
-        Some(stats) => stats.record(meta.server, status, started.elapsed(), meta.retries),
+        Some(stats) => stats.record(meta.upstream, meta.server, status, started.elapsed(), meta.retries),
         None => shared.unrouted.record(status),
     }
     response.headers_mut().insert(headers::X_REQUEST_ID, request_id);
@@ -70,6 +73,7 @@ pub async fn handle(req: Request<Incoming>, client: &ClientInfo, shared: &Shared
         let answer = Answer {
             status,
             route: meta.route,
+            upstream: meta.upstream,
             server: meta.server,
             upstream_time: meta.upstream_time,
             retries: meta.retries,
@@ -84,7 +88,9 @@ pub async fn handle(req: Request<Incoming>, client: &ClientInfo, shared: &Shared
 #[derive(Debug, Default)]
 struct Meta {
     route: Option<RouteId>,
-    /// Index in the route's upstream of the server that answered last.
+    /// Index in the route's upstreams (several for a split) of the one used.
+    upstream: Option<usize>,
+    /// Index in that upstream of the server that answered last.
     server: Option<usize>,
     /// Time to the last try's response head; `None` when it got none.
     upstream_time: Option<Duration>,
@@ -94,7 +100,7 @@ struct Meta {
 async fn forward(
     req: Request<Incoming>,
     client: &ClientInfo,
-    listener: &Listener,
+    (listener_id, listener): (ListenerId, &Listener),
     snapshot: &Snapshot,
     request_id: &HeaderValue,
     meta: &mut Meta,
@@ -103,7 +109,7 @@ async fn forward(
         let host = router::request_host(req.uri(), req.headers());
         snapshot
             .routes
-            .resolve(client.listener, host, req.uri().path(), req.headers())
+            .resolve(listener_id, host, req.uri().path(), req.headers())
             .ok_or(ProxyError::NoRoute)?
     };
     meta.route = Some(route_id);
@@ -113,7 +119,15 @@ async fn forward(
     }
     let upstream_id = match &route.action {
         RouteAction::Respond { status, body } => return Ok(respond(route, *status, body.clone())),
-        RouteAction::Upstream(id) => *id,
+        RouteAction::Upstream(id) => {
+            meta.upstream = Some(0);
+            *id
+        }
+        RouteAction::Split(targets) => {
+            let i = split::choose(targets, snapshot, &req);
+            meta.upstream = Some(i);
+            targets[i].upstream
+        }
     };
     let upstream = snapshot.upstream(upstream_id);
     let key = key::request_key(upstream, &req, client);

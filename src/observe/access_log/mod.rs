@@ -26,7 +26,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::sync::{Notify, mpsc};
 
 use crate::body::{BodyError, ResponseBody};
-use crate::config::{AccessLog as Destination, AccessLogFormat, Global};
+use crate::config::{AccessLog as Destination, AccessLogFormat, Global, Route, RouteAction};
 use crate::router::RouteId;
 use crate::server::Snapshot;
 
@@ -53,6 +53,8 @@ pub enum AccessLogError {
 /// [`close`]: AccessLog::close
 #[derive(Debug)]
 pub struct AccessLog {
+    /// As started; a reload cannot change it.
+    destination: Destination,
     inner: Arc<Inner>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -104,6 +106,7 @@ impl AccessLog {
         let handle = writer::spawn(target, rx, inner.clone()).map_err(AccessLogError::Thread)?;
         tracing::info!(%to, format = ?global.access_log_format, "access log on");
         Ok(Some(AccessLog {
+            destination: global.access_log.clone(),
             inner,
             writer: Mutex::new(Some(handle)),
         }))
@@ -148,6 +151,18 @@ impl AccessLog {
     }
 }
 
+/// Warns when a reloaded config asks for another access log than the
+/// running one (`log`, `None` when off): that takes a restart.
+pub fn warn_if_changed(log: Option<&AccessLog>, global: &Global) {
+    let (destination, format) = match log {
+        Some(log) => (&log.destination, log.inner.format),
+        None => (&Destination::Off, global.access_log_format),
+    };
+    if *destination != global.access_log || format != global.access_log_format {
+        tracing::warn!("`access_log` and `access_log_format` change only with a restart");
+    }
+}
+
 /// `fulcrum_access_log_dropped_total`, appended to the metrics exposition
 /// (0 when the log is off).
 pub fn render_metrics(out: &mut String, log: Option<&AccessLog>) {
@@ -168,8 +183,10 @@ pub fn render_metrics(out: &mut String, log: Option<&AccessLog>) {
 pub struct Answer {
     pub status: u16,
     pub route: Option<RouteId>,
-    /// Index, in the route's upstream, of the server that answered or was
-    /// tried last.
+    /// Index in the route's upstreams (several for a split) of the one used.
+    pub upstream: Option<usize>,
+    /// Index, in that upstream, of the server that answered or was tried
+    /// last.
     pub server: Option<usize>,
     /// Time to that server's response head, connect included.
     pub upstream_time: Option<Duration>,
@@ -213,10 +230,7 @@ impl Entry {
             .snapshot
             .as_deref()
             .zip(route)
-            .and_then(|(s, route)| s.route_upstream(route))
-            .zip(self.answer.server)
-            .and_then(|(upstream, i)| upstream.servers.get(i))
-            .map(|server| server.address.as_str());
+            .and_then(|(s, route)| server_address(s, route, self.answer.upstream?, self.answer.server?));
         let target = match (self.uri.path_and_query(), self.uri.authority()) {
             (Some(pq), _) => pq.as_str(),
             (None, Some(authority)) => authority.as_str(),
@@ -244,6 +258,17 @@ impl Entry {
             AccessLogFormat::Combined => format::combined(&line, out),
         });
     }
+}
+
+/// The address of server `server` of upstream `upstream` of `route`.
+fn server_address<'a>(snapshot: &'a Snapshot, route: &Route, upstream: usize, server: usize) -> Option<&'a str> {
+    let id = match &route.action {
+        RouteAction::Upstream(id) => *id,
+        RouteAction::Split(targets) => targets.get(upstream)?.upstream,
+        RouteAction::Respond { .. } => return None,
+    };
+    let pool = snapshot.upstreams.get(id.0)?;
+    Some(pool.servers.get(server)?.address.as_str())
 }
 
 fn protocol(version: Version) -> &'static str {
