@@ -459,7 +459,7 @@ async fn a_writer_that_cannot_keep_up_drops_lines_and_never_blocks_requests() {
         std::thread::spawn(move || std::fs::File::open(fifo).unwrap())
     };
     let global = format!("access_log = \"{}\"", fifo.display());
-    let lb = Fulcrum::start(&config(
+    let mut lb = Fulcrum::start(&config(
         &global,
         "[[routes]]\nrespond = { status = 200, body = \"ok\" }\n",
         "",
@@ -480,6 +480,12 @@ async fn a_writer_that_cannot_keep_up_drops_lines_and_never_blocks_requests() {
         }
         assert!(sent < 50_000, "no line dropped after {sent} requests");
     }
+    // The writer is still stuck on the FIFO: shutdown gives up on it
+    // rather than hang.
+    drop(conn);
+    lb.signal("TERM");
+    assert!(lb.wait_exit(LINE_DEADLINE).success());
+    assert!(lb.logs().contains("access log writer is stuck"), "{}", lb.logs());
 }
 
 #[tokio::test]

@@ -34,6 +34,10 @@ use crate::server::Snapshot;
 const QUEUE_BATCHES: usize = 1024;
 /// ... and bytes of lines at most; beyond either, lines are dropped.
 const MAX_QUEUED_BYTES: usize = 4 * 1024 * 1024;
+/// How long shutdown waits for the writer to write what is queued: a
+/// destination that blocks (a stdout pipe nobody reads) must not keep the
+/// process from exiting.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// Why the access log could not start.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +60,14 @@ pub struct AccessLog {
     /// As started; a reload cannot change it.
     destination: Destination,
     inner: Arc<Inner>,
-    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    writer: Mutex<Option<WriterThread>>,
+}
+
+/// The writer thread; `done` disconnects when it ends.
+#[derive(Debug)]
+struct WriterThread {
+    handle: std::thread::JoinHandle<()>,
+    done: std::sync::mpsc::Receiver<()>,
 }
 
 /// What workers and the writer share.
@@ -103,12 +114,13 @@ impl AccessLog {
             Destination::File(path) => path.display().to_string(),
             _ => "stdout".to_string(),
         };
-        let handle = writer::spawn(target, rx, inner.clone()).map_err(AccessLogError::Thread)?;
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let handle = writer::spawn(target, rx, inner.clone(), done_tx).map_err(AccessLogError::Thread)?;
         tracing::info!(%to, format = ?global.access_log_format, "access log on");
         Ok(Some(AccessLog {
             destination: global.access_log.clone(),
             inner,
-            writer: Mutex::new(Some(handle)),
+            writer: Mutex::new(Some(WriterThread { handle, done })),
         }))
     }
 
@@ -140,13 +152,20 @@ impl AccessLog {
         self.inner.dropped.load(Ordering::Relaxed)
     }
 
-    /// Writes every line queued so far and stops the writer. Call after the
-    /// workers have stopped: a worker's last lines are queued as it ends.
+    /// Writes every line queued so far and stops the writer, waiting for it
+    /// at most `CLOSE_WAIT`. Call after the workers have stopped: a worker's
+    /// last lines are queued as it ends.
     pub fn close(&self) {
         self.inner.closing.notify_one();
-        let handle = self.writer.lock().unwrap_or_else(PoisonError::into_inner).take();
-        if let Some(handle) = handle {
-            let _ = handle.join();
+        let writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let Some(writer) = writer else { return };
+        match writer.done.recv_timeout(CLOSE_WAIT) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                tracing::warn!(wait = ?CLOSE_WAIT, "the access log writer is stuck; lines still queued are lost");
+            }
+            Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                let _ = writer.handle.join();
+            }
         }
     }
 }

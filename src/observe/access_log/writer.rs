@@ -52,15 +52,18 @@ impl Write for Target {
 }
 
 /// Starts the writer thread; it runs until `Inner::closing` is notified,
-/// then writes what is queued and stops.
+/// then writes what is queued and stops, dropping `done`.
 pub(super) fn spawn(
     target: Target,
     rx: mpsc::Receiver<Batch>,
     inner: Arc<Inner>,
+    done: std::sync::mpsc::Sender<()>,
 ) -> io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("fulcrum-access-log".into())
         .spawn(move || {
+            // Dropped when the thread ends, however it ends.
+            let _done = done;
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(error) => {
