@@ -90,6 +90,7 @@ impl Control {
             unrouted: UnroutedStats::default(),
             access_log,
             reloads: Default::default(),
+            tunnels: Default::default(),
             generation,
         });
         let control = Arc::new(Control {
