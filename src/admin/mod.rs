@@ -1,7 +1,9 @@
 //! The admin listener (SPEC §4), read-only part: `/health`, `/ready`,
-//! `/api/upstreams` and `/metrics`. It runs on a thread of its own, away
-//! from the workers. Mutating calls, `/api/config` and the dashboard come
-//! with the operations issue.
+//! `/api/upstreams`, `/metrics` and the dashboard (`dashboard`, at `/`).
+//! It runs on a thread of its own, away from the workers. Mutating calls
+//! and `/api/config` come with the operations issue.
+
+mod dashboard;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -70,6 +72,7 @@ fn answer(req: &Request<Incoming>, shared: &Shared, draining: bool) -> Response<
         (&Method::GET, "/ready") if draining => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
         // Serving at all means the config is loaded and every listener bound.
         (&Method::GET, "/ready") => text(StatusCode::OK, "ready\n"),
+        (&Method::GET, "/") => dashboard::page(),
         (&Method::GET, "/api/upstreams") => json(upstreams(shared)),
         (&Method::GET, "/metrics") => metrics(shared),
         (_, "/health" | "/ready" | "/api/upstreams" | "/metrics") => {
@@ -100,6 +103,11 @@ fn upstreams(shared: &Shared) -> serde_json::Value {
                         "health_check": if s.checked_up() { "passing" } else { "failing" },
                         "active_requests": s.active_requests(),
                         "latency_ms": s.latency.latency_us(now) / 1000.0,
+                        "requests_total": s.stats.requests_total(),
+                        "errors_total": s.stats.errors_total(),
+                        "latency_p50_ms": dashboard::quantile_ms(&s.stats, 0.50),
+                        "latency_p99_ms": dashboard::quantile_ms(&s.stats, 0.99),
+                        "latency_histogram": dashboard::histogram(&s.stats),
                     })
                 })
                 .collect();
