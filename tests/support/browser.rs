@@ -137,6 +137,15 @@ impl Browser {
     /// Sends one DevTools command (to the page once attached) and returns
     /// its result; panics on an error or when no answer comes in time.
     pub async fn command(&mut self, method: &str, params: Value) -> Value {
+        match self.try_command(method, params).await {
+            Ok(result) => result,
+            Err(error) => panic!("{method} failed: {error}"),
+        }
+    }
+
+    /// Like `command`, but a protocol error (such as evaluating while a page
+    /// is being replaced) is returned rather than a panic.
+    async fn try_command(&mut self, method: &str, params: Value) -> Result<Value, Value> {
         self.next_id += 1;
         let id = self.next_id;
         let mut message = json!({ "id": id, "method": method, "params": params });
@@ -166,17 +175,37 @@ impl Browser {
         let reply = tokio::time::timeout(COMMAND_DEADLINE, exchange)
             .await
             .unwrap_or_else(|_| panic!("{method}: no answer within {COMMAND_DEADLINE:?}"));
-        if let Some(error) = reply.get("error") {
-            panic!("{method} failed: {error}");
+        match reply.get("error") {
+            Some(error) => Err(error.clone()),
+            None => Ok(reply["result"].clone()),
         }
-        reply["result"].clone()
     }
 
-    /// Opens `url` in the page.
+    /// Opens `url` in the page and waits until it has loaded (Page.navigate
+    /// answers once loading starts, while the old document is still there).
     pub async fn navigate(&mut self, url: &str) {
         let result = self.command("Page.navigate", json!({ "url": url })).await;
         if let Some(error) = result.get("errorText") {
             panic!("cannot load {url}: {error}");
+        }
+        let url_json = serde_json::to_string(url).expect("a string serializes");
+        let loaded = format!("location.href === {url_json} && document.readyState === 'complete'");
+        let started = Instant::now();
+        loop {
+            let answer = self
+                .try_command(
+                    "Runtime.evaluate",
+                    json!({ "expression": loaded, "returnByValue": true }),
+                )
+                .await;
+            if matches!(&answer, Ok(result) if result["result"]["value"] == json!(true)) {
+                return;
+            }
+            assert!(
+                started.elapsed() < LAUNCH_DEADLINE,
+                "{url} did not load within {LAUNCH_DEADLINE:?}; last answer {answer:?}"
+            );
+            tokio::time::sleep(POLL_INTERVAL).await;
         }
     }
 
