@@ -1,6 +1,7 @@
 //! Logging setup, request metrics and the access log.
 
 pub mod access_log;
+pub mod latency;
 pub mod metrics;
 
 use std::io::IsTerminal;
