@@ -60,6 +60,7 @@ pub struct RouteStats {
     /// answers that came from no server (respond routes, 503, 413, ...).
     responses: Box<[[AtomicU64; 4]]>,
     retries: AtomicU64,
+    rate_limited: AtomicU64,
     buckets: [AtomicU64; BUCKETS.len()],
     count: AtomicU64,
     sum_micros: AtomicU64,
@@ -70,6 +71,7 @@ impl RouteStats {
         RouteStats {
             responses: (0..=servers).map(|_| Default::default()).collect(),
             retries: AtomicU64::new(0),
+            rate_limited: AtomicU64::new(0),
             buckets: Default::default(),
             count: AtomicU64::new(0),
             sum_micros: AtomicU64::new(0),
@@ -89,6 +91,13 @@ impl RouteStats {
         }
         self.count.fetch_add(1, Ordering::Relaxed);
         self.sum_micros.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+}
+
+impl RouteStats {
+    /// Records a request refused by the route's rate limit.
+    pub fn rate_limited(&self) {
+        self.rate_limited.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -185,6 +194,31 @@ pub fn render(
             route.name,
             stats.retries.load(Ordering::Relaxed)
         );
+    }
+
+    out.push_str(
+        "# HELP fulcrum_rate_limited_total Requests answered 429 by the route's rate limit.\n\
+         # TYPE fulcrum_rate_limited_total counter\n",
+    );
+    for (route, stats) in config.routes.iter().zip(&snapshot.route_stats) {
+        let _ = writeln!(
+            out,
+            "fulcrum_rate_limited_total{{route=\"{}\"}} {}",
+            route.name,
+            stats.rate_limited.load(Ordering::Relaxed)
+        );
+    }
+    if let Some(redis) = snapshot.limits.redis() {
+        out.push_str(
+            "# HELP fulcrum_redis_up Whether Redis answers every worker that uses it.\n\
+             # TYPE fulcrum_redis_up gauge\n",
+        );
+        let _ = writeln!(out, "fulcrum_redis_up {}", u8::from(redis.is_up()));
+        out.push_str(
+            "# HELP fulcrum_redis_errors_total Requests whose rate limit Redis could not check (answered by on_error).\n\
+             # TYPE fulcrum_redis_errors_total counter\n",
+        );
+        let _ = writeln!(out, "fulcrum_redis_errors_total {}", redis.errors());
     }
 
     out.push_str("# HELP fulcrum_upstream_server_up Whether the server takes traffic.\n# TYPE fulcrum_upstream_server_up gauge\n");

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use crate::config::{Config, Route, RouteAction, UpstreamId};
+use crate::limit::Limits;
 use crate::observe::metrics::RouteStats;
 use crate::router::RouteTable;
 use crate::upstream::UpstreamPool;
@@ -15,6 +16,8 @@ pub struct Snapshot {
     pub upstreams: Vec<UpstreamPool>,
     /// Per route, in config order.
     pub route_stats: Vec<RouteStats>,
+    /// The rate limits, by `RateLimitId`.
+    pub limits: Limits,
 }
 
 impl Snapshot {
@@ -32,11 +35,13 @@ impl Snapshot {
                 RouteAction::Respond { .. } => RouteStats::new(0),
             })
             .collect();
+        let limits = Limits::build(&config, None);
         Snapshot {
             config,
             routes,
             upstreams,
             route_stats,
+            limits,
         }
     }
 
