@@ -144,7 +144,10 @@ burst = 5
         "{metrics}"
     );
     assert_eq!(metric(&metrics, "fulcrum_rate_limited_total{route=\"free\"}"), 0.0);
-    assert!(metrics.contains("fulcrum_rate_limited_total{route=\"free\"} 0"), "{metrics}");
+    assert!(
+        metrics.contains("fulcrum_rate_limited_total{route=\"free\"} 0"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

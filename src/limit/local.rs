@@ -162,14 +162,16 @@ mod tests {
         assert_eq!(admitted(&store, &gcra, Some(b"victim"), now, 5), 2);
         let mut flood_admitted = 0;
         for i in 0..200_000u32 {
-            if matches!(
-                store.check(&gcra, Some(&i.to_le_bytes()), now),
-                Decision::Allow { .. }
-            ) {
+            if matches!(store.check(&gcra, Some(&i.to_le_bytes()), now), Decision::Allow { .. }) {
                 flood_admitted += 1;
             }
         }
-        assert!(store.len() <= store.capacity(), "{} > {}", store.len(), store.capacity());
+        assert!(
+            store.len() <= store.capacity(),
+            "{} > {}",
+            store.len(),
+            store.capacity()
+        );
         assert!(store.capacity() < 1000 + 16 * 2, "{}", store.capacity());
         // Beyond the cap, new keys share the shards' overflow buckets.
         let shards = store.shards.len();
@@ -198,12 +200,20 @@ mod tests {
         let fresh = 10_000..11_000u32;
         let admitted = fresh
             .clone()
-            .filter(|i| matches!(store.check(&gcra, Some(&i.to_le_bytes()), later), Decision::Allow { .. }))
+            .filter(|i| {
+                matches!(
+                    store.check(&gcra, Some(&i.to_le_bytes()), later),
+                    Decision::Allow { .. }
+                )
+            })
             .count();
         assert!(store.len() <= store.capacity());
         // Every shard was swept of the idle buckets and refilled by new keys.
         for shard in store.shards.iter() {
-            assert!(lock(shard).tats.values().all(|tat| *tat > later), "an idle bucket survived");
+            assert!(
+                lock(shard).tats.values().all(|tat| *tat > later),
+                "an idle bucket survived"
+            );
         }
         assert!(admitted >= store.capacity(), "{admitted}");
     }

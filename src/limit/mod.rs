@@ -20,7 +20,9 @@ use crate::config::{Config, LimitKey, LimitStore, RateLimit, RateLimitId, RedisO
 pub enum Verdict {
     Allow,
     /// 429; the request is admitted if sent again `retry_after` later.
-    Limited { retry_after: Duration },
+    Limited {
+        retry_after: Duration,
+    },
     /// 503: Redis cannot decide and `on_error = "deny"`.
     Unavailable,
 }

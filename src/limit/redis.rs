@@ -322,10 +322,13 @@ mod tests {
     #[test]
     fn rates_convert_to_whole_microseconds() {
         let rate = RedisRate::new(&super::super::Gcra::new(10.0, 5), 5);
-        assert_eq!(rate, RedisRate {
-            interval_us: 100_000,
-            tolerance_us: 500_000
-        });
+        assert_eq!(
+            rate,
+            RedisRate {
+                interval_us: 100_000,
+                tolerance_us: 500_000
+            }
+        );
         let fastest = RedisRate::new(&super::super::Gcra::new(1_000_000.0, 1), 1);
         assert_eq!(fastest.interval_us, 1);
     }

@@ -133,7 +133,10 @@ mod tests {
         match response.into_body() {
             ResponseBody::Full(Some(body)) => {
                 let text = String::from_utf8(body.to_vec()).unwrap();
-                assert_eq!(text, "429 Too Many Requests: rate limited, retry in 42 s (request id req-7)\n");
+                assert_eq!(
+                    text,
+                    "429 Too Many Requests: rate limited, retry in 42 s (request id req-7)\n"
+                );
             }
             other => panic!("unexpected body {other:?}"),
         }

@@ -31,11 +31,7 @@ impl RedisServer {
     /// Starts redis-server on `port` and waits until it answers PING.
     pub fn start_on(port: u16) -> RedisServer {
         let dir = tempfile::tempdir().expect("create a temp dir for redis");
-        let mut server = RedisServer {
-            child: None,
-            dir,
-            port,
-        };
+        let mut server = RedisServer { child: None, dir, port };
         server.restart();
         server
     }
@@ -54,6 +50,25 @@ impl RedisServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open, nothing answers.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Undoes [`RedisServer::pause`].
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let child = self.child.as_ref().expect("redis-server is running");
+        let status = Command::new("kill")
+            .args([sig, &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {sig} redis-server failed");
     }
 
     /// Starts the server again on the same port, empty.
@@ -81,7 +96,10 @@ impl RedisServer {
                 panic!("redis-server on port {} exited at start: {status}", self.port);
             }
             if started.elapsed() > READY_DEADLINE {
-                panic!("redis-server on port {} not answering after {READY_DEADLINE:?}", self.port);
+                panic!(
+                    "redis-server on port {} not answering after {READY_DEADLINE:?}",
+                    self.port
+                );
             }
             std::thread::sleep(CHECK_INTERVAL); // the poll interval of a wait with a deadline
         }
@@ -93,14 +111,16 @@ impl RedisServer {
         };
         let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
         let mut reply = [0u8; 7];
-        stream.write_all(b"PING\r\n").is_ok()
-            && stream.read_exact(&mut reply).is_ok()
-            && &reply == b"+PONG\r\n"
+        stream.write_all(b"PING\r\n").is_ok() && stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
     }
 }
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
+        // A paused server would not die of SIGKILL any later, but be sure.
+        if self.child.is_some() {
+            self.resume();
+        }
         self.kill();
     }
 }

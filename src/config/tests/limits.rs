@@ -44,7 +44,10 @@ timeout = "50ms"
     assert_eq!(api.store, LimitStore::Redis);
     assert_eq!(api.max_keys, 500);
     let plain = &config.rate_limits[1];
-    assert_eq!((plain.burst, plain.store, plain.max_keys), (1, LimitStore::Local, 100_000));
+    assert_eq!(
+        (plain.burst, plain.store, plain.max_keys),
+        (1, LimitStore::Local, 100_000)
+    );
     assert_eq!(plain.key, LimitKey::ClientIp);
     assert_eq!(config.rate_limits[2].key, LimitKey::Cookie("sid".to_string()));
     let redis = config.redis.expect("a [redis] section");
@@ -106,7 +109,12 @@ fn limit_mistakes_point_at_the_value() {
         "rate_limits.api.store",
         "unknown variant",
     );
-    assert_error(&limit("burst = 3"), "[rate_limits.api]", "rate_limits.api", "missing field `rate`");
+    assert_error(
+        &limit("burst = 3"),
+        "[rate_limits.api]",
+        "rate_limits.api",
+        "missing field `rate`",
+    );
     assert_error(
         &in_route("rate_limit = \"nope\""),
         "\"nope\"",

@@ -29,10 +29,7 @@ pub(super) fn rate_limits(specs: &Specs, sink: &mut Sink) -> Vec<RateLimit> {
             let spec = &limit.spec;
             let rate_per_sec = spec.rate.get_ref().0;
             if !(MIN_RATE_PER_SEC..=MAX_RATE_PER_SEC).contains(&rate_per_sec) {
-                sink.error(
-                    Some(spec.rate.span()),
-                    "rate must be between \"1/h\" and \"1000000/s\"",
-                );
+                sink.error(Some(spec.rate.span()), "rate must be between \"1/h\" and \"1000000/s\"");
             }
             let burst = spec.burst.as_ref().map_or(1, |b| *b.get_ref());
             if let Some(b) = &spec.burst
@@ -73,7 +70,9 @@ pub(super) fn redis(specs: &Specs, sink: &mut Sink) -> Option<Redis> {
     if let Err(e) = redis::Client::open(url.as_str()) {
         sink.error(
             Some(spec.url.span()),
-            format!("invalid url {url:?}: {e} (expected redis://[:PASSWORD@]HOST:PORT[/DB]; rediss:// is not supported)"),
+            format!(
+                "invalid url {url:?}: {e} (expected redis://[:PASSWORD@]HOST:PORT[/DB]; rediss:// is not supported)"
+            ),
         );
     }
     Some(Redis {
