@@ -32,6 +32,9 @@ pub enum ProxyError {
     UpstreamFailed,
     #[error("upstream timed out")]
     UpstreamTimeout,
+    /// A reload removed the listener the connection came in on.
+    #[error("listener closed by a reload")]
+    ListenerClosed,
 }
 
 impl ProxyError {
@@ -42,7 +45,7 @@ impl ProxyError {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ProxyError::NoServer | ProxyError::AllBusy | ProxyError::LimiterUnavailable => {
+            ProxyError::NoServer | ProxyError::AllBusy | ProxyError::ListenerClosed | ProxyError::LimiterUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ProxyError::ConnectFailed | ProxyError::UpstreamFailed => StatusCode::BAD_GATEWAY,
@@ -75,7 +78,10 @@ impl ProxyError {
         if let Some(retry_after) = retry_after {
             headers.insert(header::RETRY_AFTER, retry_after);
         }
-        if status == StatusCode::PAYLOAD_TOO_LARGE || status == StatusCode::BAD_REQUEST {
+        if status == StatusCode::PAYLOAD_TOO_LARGE
+            || status == StatusCode::BAD_REQUEST
+            || self == ProxyError::ListenerClosed
+        {
             // The rest of the request body is unread; the connection cannot be reused.
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
@@ -102,6 +108,7 @@ mod tests {
             (ProxyError::UpstreamFailed, 502),
             (ProxyError::ConnectTimeout, 504),
             (ProxyError::UpstreamTimeout, 504),
+            (ProxyError::ListenerClosed, 503),
         ];
         for (error, status) in table {
             assert_eq!(error.status().as_u16(), status, "{error:?}");
