@@ -230,3 +230,56 @@ key = "cookie:sid"
         vec![200]
     );
 }
+
+/// A reload keeps the buckets of a limit whose settings did not change (a
+/// client cannot reset its limit by waiting for a deploy), and a changed
+/// limit starts afresh with its new settings.
+#[tokio::test]
+async fn a_reload_keeps_unchanged_limits_buckets_and_applies_changed_ones() {
+    let config = |body: &str, burst: u32| {
+        format!(
+            r#"
+[global]
+admin_listen = "127.0.0.1:0"
+admin_token = "rl-token"
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:0"
+[[routes]]
+respond = {{ status = 200, body = "{body}" }}
+rate_limit = "slow"
+[rate_limits.slow]
+rate = "1/m"
+burst = {burst}
+"#
+        )
+    };
+    let lb = Fulcrum::start(&config("one", 2));
+    let (web, admin) = (lb.addr("web"), lb.addr("admin"));
+    assert_eq!(statuses(web, "/", &[], 3).await, vec![200, 200, 429]);
+
+    let reload = || async {
+        let req = request("POST", "/api/reload")
+            .header("authorization", "Bearer rl-token")
+            .body(Bytes::new())
+            .expect("a valid request");
+        let resp = Conn::open(admin).await.send(req).await;
+        assert_eq!(resp.status, 200, "{}", resp.text());
+    };
+    lb.write_config(&config("two", 2));
+    reload().await;
+    let resp = get(web, "/").await;
+    assert_eq!(resp.status, 429, "the spent bucket survived the reload: {}", resp.text());
+
+    lb.write_config(&config("three", 3));
+    reload().await;
+    let resp = get(web, "/").await;
+    assert_eq!((resp.status.as_u16(), resp.text()), (200, "three".to_string()));
+    assert_eq!(statuses(web, "/", &[], 3).await, vec![200, 200, 429]);
+    let metrics = get(admin, "/metrics").await.text();
+    assert_eq!(
+        metric(&metrics, "fulcrum_rate_limited_total{route=\"route0\"}"),
+        3.0,
+        "the counter carried over: {metrics}"
+    );
+}
