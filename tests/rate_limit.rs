@@ -269,7 +269,12 @@ burst = {burst}
     lb.write_config(&config("two", 2));
     reload().await;
     let resp = get(web, "/").await;
-    assert_eq!(resp.status, 429, "the spent bucket survived the reload: {}", resp.text());
+    assert_eq!(
+        resp.status,
+        429,
+        "the spent bucket survived the reload: {}",
+        resp.text()
+    );
 
     lb.write_config(&config("three", 3));
     reload().await;

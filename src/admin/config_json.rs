@@ -7,8 +7,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::config::{
-    AccessLog, Balance, Config, HashKey, HeaderEdits, HealthCheck, HostMatch, LimitKey, LimitStore, Listener, RateLimit,
-    Redis, RedisOnError, Route, RouteAction, Upstream,
+    AccessLog, Balance, Config, HashKey, HeaderEdits, HealthCheck, HostMatch, LimitKey, LimitStore, Listener,
+    RateLimit, Redis, RedisOnError, Route, RouteAction, Upstream,
 };
 
 const REDACTED: &str = "<redacted>";
@@ -164,7 +164,10 @@ fn rate_limit(l: &RateLimit) -> Value {
     let rate = [("s", 1.0), ("m", 60.0), ("h", 3600.0)]
         .into_iter()
         .find(|(_, secs)| (per(*secs) - per(*secs).round()).abs() < 1e-6)
-        .map_or_else(|| format!("{}/h", per(3600.0)), |(unit, secs)| format!("{}/{unit}", per(secs).round()));
+        .map_or_else(
+            || format!("{}/h", per(3600.0)),
+            |(unit, secs)| format!("{}/{unit}", per(secs).round()),
+        );
     json!({
         "rate": rate,
         "burst": l.burst,
@@ -210,13 +213,26 @@ fn redact_url_password(url: &str) -> String {
     }
 }
 
+/// As the file writes it: `250ms`, `30s`.
+fn duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn redis_passwords_never_show() {
-        assert_eq!(redact_url_password("redis://127.0.0.1:6379/0"), "redis://127.0.0.1:6379/0");
+        assert_eq!(
+            redact_url_password("redis://127.0.0.1:6379/0"),
+            "redis://127.0.0.1:6379/0"
+        );
         assert_eq!(
             redact_url_password("redis://:hunter2@cache:6379/0"),
             "redis://:<redacted>@cache:6379/0"
@@ -226,15 +242,5 @@ mod tests {
             "redis://app:<redacted>@cache:6379"
         );
         assert_eq!(redact_url_password("redis://secret@cache"), "redis://<redacted>@cache");
-    }
-}
-
-/// As the file writes it: `250ms`, `30s`.
-fn duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms.is_multiple_of(1000) {
-        format!("{}s", ms / 1000)
-    } else {
-        format!("{ms}ms")
     }
 }

@@ -63,7 +63,7 @@ impl LocalStore {
     }
 
     /// Buckets held now, idle ones not yet swept included.
-    pub fn len(&self) -> usize {
+    pub fn bucket_count(&self) -> usize {
         self.shards.iter().map(|s| lock(s).tats.len()).sum()
     }
 
@@ -167,9 +167,9 @@ mod tests {
             }
         }
         assert!(
-            store.len() <= store.capacity(),
+            store.bucket_count() <= store.capacity(),
             "{} > {}",
-            store.len(),
+            store.bucket_count(),
             store.capacity()
         );
         assert!(store.capacity() < 1000 + 16 * 2, "{}", store.capacity());
@@ -194,7 +194,7 @@ mod tests {
         for i in 0..10_000u32 {
             store.check(&gcra, Some(&i.to_le_bytes()), now);
         }
-        assert_eq!(store.len(), store.capacity(), "the flood filled every shard");
+        assert_eq!(store.bucket_count(), store.capacity(), "the flood filled every shard");
         // 100 ms on every bucket is full again; a second on, sweeps may run.
         let later = now + 2 * SEC;
         let fresh = 10_000..11_000u32;
@@ -207,7 +207,7 @@ mod tests {
                 )
             })
             .count();
-        assert!(store.len() <= store.capacity());
+        assert!(store.bucket_count() <= store.capacity());
         // Every shard was swept of the idle buckets and refilled by new keys.
         for shard in store.shards.iter() {
             assert!(

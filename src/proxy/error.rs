@@ -45,9 +45,10 @@ impl ProxyError {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ProxyError::NoServer | ProxyError::AllBusy | ProxyError::ListenerClosed | ProxyError::LimiterUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::NoServer
+            | ProxyError::AllBusy
+            | ProxyError::ListenerClosed
+            | ProxyError::LimiterUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ConnectFailed | ProxyError::UpstreamFailed => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout | ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
