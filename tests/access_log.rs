@@ -147,8 +147,16 @@ respond = {{ status = 200, body = "healthy\n" }}
 name = "dead"
 path_prefix = "/dead/"
 upstream = "dead"
+[[routes]]
+name = "limited"
+path_prefix = "/limited"
+respond = {{ status = 200, body = "once\n" }}
+rate_limit = "once"
 [upstreams.dead]
 servers = [ {{ address = "{dead}" }} ]
+[rate_limits.once]
+rate = "1/h"
+burst = 1
 "#
     );
     let mut text = app_config("access_log = \"access.log\"", &[b[0].addr], "", "");
@@ -168,8 +176,11 @@ servers = [ {{ address = "{dead}" }} ]
         .send(request("POST", "/app/echo").body(vec![b'a'; 4000].into()).unwrap())
         .await;
     assert_eq!(too_large.status, 413);
+    assert_eq!(get(web, "/limited").await.status, 200);
+    let limited = get(web, "/limited?again").await;
+    assert_eq!(limited.status, 429);
 
-    let lines = wait_for_lines(&lb.dir().join("access.log"), 4).await;
+    let lines = wait_for_lines(&lb.dir().join("access.log"), 6).await;
     let line = line_for(&lines, "/nowhere");
     assert_eq!(line["status"], 404);
     assert_eq!(line["bytes"], not_found.body.len());
@@ -195,6 +206,11 @@ servers = [ {{ address = "{dead}" }} ]
         (Some(413), Some("POST"))
     );
     assert_eq!(line["route"], "app");
+
+    let line = line_for(&lines, "/limited?again");
+    assert_eq!(line["status"], 429);
+    assert_eq!(line["route"], "limited");
+    assert_eq!(line["bytes"], limited.body.len());
 }
 
 #[tokio::test]
