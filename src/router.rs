@@ -144,6 +144,7 @@ mod tests {
             retry: None,
             request_headers: HeaderEdits::default(),
             response_headers: HeaderEdits::default(),
+            compress: crate::config::Compress::default(),
         }
     }
 

@@ -36,9 +36,6 @@ pub(super) fn reject_unbuilt(specs: &Specs, sink: &mut Sink) {
         if let Some(v) = &r.rate_limit {
             reject(Some(v.span()), "rate limiting");
         }
-        if let Some(v) = &r.compress {
-            reject(Some(v.span()), "compression");
-        }
     }
     for limit in &specs.rate_limits {
         reject(limit.span.clone(), "rate limiting");
