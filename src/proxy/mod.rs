@@ -17,6 +17,7 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 
 use crate::body::{BodyError, RequestBody, ResponseBody, UpstreamBody};
+use crate::compress;
 use crate::config::{Listener, ListenerId, Route, RouteAction};
 use crate::observe::metrics::FailureKind;
 use crate::router::{self, RouteId};
@@ -117,12 +118,14 @@ async fn forward(
         .and_then(|sticky| key::cookie(&req, &sticky.cookie))
         .and_then(|token| upstream.sticky_server(token));
     let idempotent = is_idempotent(req.method());
+    let compress = compress::Plan::for_request(route.compress, &req);
     let (parts, body) = req.into_parts();
     let body = request_body(body, &parts.headers, listener, route, idempotent).await?;
     let upstream_req = upstream_request(parts, body, client, route, request_id)?;
     let (mut response, server, index) =
         try_servers(upstream_req, upstream, route, key, pinned, idempotent, meta).await?;
     finish_response(&mut response, route, listener, &server);
+    compress::apply(compress, &mut response);
     if let Some(sticky) = &upstream.sticky
         && pinned != Some(index)
     {
