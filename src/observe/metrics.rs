@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::server::Snapshot;
+use super::latency::LatencyHistogram;
+use crate::server::Shared;
 use crate::upstream::health::now_ms;
 
 /// Upper bounds of the latency histogram, in seconds.
@@ -41,6 +42,11 @@ const FAILURE_KINDS: [&str; 4] = ["connect", "timeout", "status", "reset"];
 pub struct ServerStats {
     failures: [AtomicU64; 4],
     checks: [AtomicU64; 2],
+    /// Answers the proxy passed on (any status), and how many were 5xx.
+    responses: AtomicU64,
+    responses_5xx: AtomicU64,
+    /// Time to the response head of those answers.
+    pub latency: LatencyHistogram,
 }
 
 impl ServerStats {
@@ -50,6 +56,30 @@ impl ServerStats {
 
     pub fn health_check(&self, passed: bool) {
         self.checks[usize::from(!passed)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an answer that was passed on, with its time to the head.
+    pub fn response(&self, status: u16, latency: Duration) {
+        self.responses.fetch_add(1, Ordering::Relaxed);
+        if status >= 500 {
+            self.responses_5xx.fetch_add(1, Ordering::Relaxed);
+        }
+        self.latency.record(latency);
+    }
+
+    /// Attempts sent to this server: answers plus failed attempts.
+    pub fn requests_total(&self) -> u64 {
+        self.responses.load(Ordering::Relaxed) + self.failures_total()
+    }
+
+    /// Attempts that failed (connect, timeout, reset, a status the route
+    /// retries on) or were answered with a 5xx.
+    pub fn errors_total(&self) -> u64 {
+        self.responses_5xx.load(Ordering::Relaxed) + self.failures_total()
+    }
+
+    fn failures_total(&self) -> u64 {
+        self.failures.iter().map(|f| f.load(Ordering::Relaxed)).sum()
     }
 }
 
@@ -168,12 +198,10 @@ pub struct ListenerStats {
 }
 
 /// The whole exposition, in Prometheus text format.
-pub fn render(
-    snapshot: &Snapshot,
-    listeners: &[(String, std::sync::Arc<ListenerStats>)],
-    unrouted: &UnroutedStats,
-    reloads: &[AtomicU64; 2],
-) -> String {
+pub fn render(shared: &Shared) -> String {
+    let snapshot = shared.snapshot.load();
+    let listeners = shared.listener_stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let (unrouted, reloads) = (&shared.unrouted, &shared.reloads);
     let mut out = String::with_capacity(4096);
     let now = now_ms();
     let config = &snapshot.config;
@@ -311,7 +339,7 @@ pub fn render(
     out.push_str(
         "# HELP fulcrum_connections_active Open client connections.\n# TYPE fulcrum_connections_active gauge\n",
     );
-    for (name, stats) in listeners {
+    for (name, stats) in &listeners {
         let _ = writeln!(
             out,
             "fulcrum_connections_active{{listener=\"{name}\"}} {}",
@@ -321,7 +349,7 @@ pub fn render(
     out.push_str(
         "# HELP fulcrum_connections_total Accepted client connections.\n# TYPE fulcrum_connections_total counter\n",
     );
-    for (name, stats) in listeners {
+    for (name, stats) in &listeners {
         let _ = writeln!(
             out,
             "fulcrum_connections_total{{listener=\"{name}\"}} {}",
@@ -331,11 +359,31 @@ pub fn render(
     out.push_str(
         "# HELP fulcrum_connections_refused_total Connections closed at accept, by reason.\n# TYPE fulcrum_connections_refused_total counter\n",
     );
-    for (name, stats) in listeners {
+    for (name, stats) in &listeners {
         let _ = writeln!(
             out,
             "fulcrum_connections_refused_total{{listener=\"{name}\",reason=\"per_ip\"}} {}",
             stats.refused_per_ip.load(Ordering::Relaxed)
+        );
+    }
+    for (name, help, kind, value) in [
+        (
+            "fulcrum_tunnels_active",
+            "Open WebSocket/Upgrade tunnels.",
+            "gauge",
+            &shared.tunnels.active,
+        ),
+        (
+            "fulcrum_tunnels_total",
+            "WebSocket/Upgrade tunnels opened.",
+            "counter",
+            &shared.tunnels.total,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+            value.load(Ordering::Relaxed)
         );
     }
     out.push_str(
