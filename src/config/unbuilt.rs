@@ -32,15 +32,4 @@ pub(super) fn reject_unbuilt(specs: &Specs, sink: &mut Sink) {
             reject(Some(v.span()), "the PROXY protocol");
         }
     }
-    for r in specs.routes.iter().map(|s| &s.spec) {
-        if let Some(v) = &r.rate_limit {
-            reject(Some(v.span()), "rate limiting");
-        }
-    }
-    for limit in &specs.rate_limits {
-        reject(limit.span.clone(), "rate limiting");
-    }
-    if let Some(redis) = &specs.redis {
-        reject(redis.span.clone(), "Redis");
-    }
 }
