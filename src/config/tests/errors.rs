@@ -317,11 +317,6 @@ fn every_unbuilt_key_is_refused_at_its_position() {
             "[listeners.tls]",
             "listeners[0].tls",
         ),
-        (
-            in_listener("proxy_protocol = true"),
-            "true",
-            "listeners[0].proxy_protocol",
-        ),
     ];
     for (text, at, key_path) in &cases {
         assert_error(text, at, key_path, "not supported yet");
