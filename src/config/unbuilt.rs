@@ -17,9 +17,4 @@ pub(super) fn reject_unbuilt(specs: &Specs, sink: &mut Sink) {
             reject(Some(v.span()), "TLS");
         }
     }
-    for r in specs.routes.iter().map(|s| &s.spec) {
-        if let Some(v) = &r.compress {
-            reject(Some(v.span()), "compression");
-        }
-    }
 }

@@ -19,6 +19,7 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 
 use crate::body::{BodyError, RequestBody, ResponseBody, UpstreamBody};
+use crate::compress;
 use crate::config::{Listener, ListenerId, Route, RouteAction};
 use crate::observe::access_log::{Answer, LoggedBody};
 use crate::observe::metrics::FailureKind;
@@ -160,6 +161,7 @@ async fn forward(
         .and_then(|sticky| key::cookie(&req, &sticky.cookie))
         .and_then(|token| upstream.sticky_server(token));
     let idempotent = is_idempotent(req.method());
+    let compress = compress::Plan::for_request(route.compress, &req);
     let mut req = req;
     let upgrade = tunnel::requested(req.headers()).map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
     let (parts, body) = req.into_parts();
@@ -193,6 +195,8 @@ async fn forward(
             _ => return Err(ProxyError::UpstreamFailed),
         }
     }
+    // A 101 never qualifies: a tunnel is not compressed.
+    compress::apply(compress, &mut response);
     if let Some(sticky) = &upstream.sticky
         && pinned != Some(index)
     {
