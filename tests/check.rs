@@ -190,8 +190,8 @@ fn syntax_error_has_a_position() {
 fn keys_not_built_yet_are_refused_not_ignored() {
     let toml = VALID.replace("upstream = \"app\"", "upstream = \"app\"\ncompress = [\"gzip\"]");
     assert_error(&toml, "8:12: routes[0].compress", "not supported yet");
-    let toml = format!("{VALID}\n[listeners.tls]\ncertificates = []\n");
-    assert_error(&toml, "12:1: listeners[0].tls", "not supported yet");
+    let toml = format!("{VALID}\n[global]\naccess_log = \"stdout\"\n");
+    assert_error(&toml, "13:14: global.access_log", "not supported yet");
 }
 
 #[test]

@@ -26,9 +26,6 @@ pub(super) fn reject_unbuilt(specs: &Specs, sink: &mut Sink) {
         reject(Some(v.span()), "the access log");
     }
     for l in specs.listeners.iter().map(|s| &s.spec) {
-        if let Some(v) = &l.tls {
-            reject(Some(v.span()), "TLS");
-        }
         if let Some(v) = &l.max_connections_per_ip
             && *v.get_ref() != 0
         {
