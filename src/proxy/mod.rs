@@ -29,6 +29,8 @@ pub struct ClientInfo {
     pub peer: SocketAddr,
     /// The peer's IP as a header value, made once per connection.
     pub ip_header: HeaderValue,
+    /// The connection is TLS (X-Forwarded-Proto: https).
+    pub tls: bool,
 }
 
 impl ClientInfo {
@@ -39,6 +41,7 @@ impl ClientInfo {
             listener,
             peer,
             ip_header,
+            tls: false,
         }
     }
 }
@@ -307,6 +310,9 @@ fn upstream_request(
     request_id: &HeaderValue,
 ) -> Result<Request<RequestBody>, ProxyError> {
     parts.uri = upstream_uri(&parts.uri, route)?;
+    if parts.version == Version::HTTP_2 {
+        headers::join_cookies(&mut parts.headers);
+    }
     parts.version = Version::HTTP_11;
     if !parts.headers.contains_key(header::HOST) {
         // HTTP/2 clients send :authority instead.
@@ -317,7 +323,8 @@ fn upstream_request(
         }
     }
     headers::strip_hop_by_hop(&mut parts.headers);
-    headers::add_forwarded(&mut parts.headers, &client.ip_header, "http");
+    let proto = if client.tls { "https" } else { "http" };
+    headers::add_forwarded(&mut parts.headers, &client.ip_header, proto);
     parts.headers.insert(headers::X_REQUEST_ID, request_id.clone());
     headers::apply_edits(&mut parts.headers, &route.request_headers);
     Ok(Request::from_parts(parts, body))

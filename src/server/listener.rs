@@ -14,10 +14,20 @@ use super::{ConnTracker, Shared};
 use crate::config::ListenerId;
 use crate::proxy::ClientInfo;
 
-/// One configured listener, bound once per worker.
+/// What connections accepted on a socket get.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Role {
+    /// The listener itself: the proxy.
+    Proxy,
+    /// The listener's `redirect_http_from`: a 308 to https on this port.
+    Redirect { https_port: u16 },
+}
+
+/// One configured listener (or its redirect listener), bound once per worker.
 #[derive(Debug)]
 pub(super) struct BoundListener {
     pub id: ListenerId,
+    pub role: Role,
     pub name: String,
     pub addr: SocketAddr,
     /// One socket per worker, taken by that worker when it starts.
@@ -51,6 +61,7 @@ pub(super) fn bind(addr: SocketAddr, workers: usize) -> std::io::Result<(SocketA
 pub(super) async fn accept_loop(
     socket: std::net::TcpListener,
     id: ListenerId,
+    role: Role,
     slots: Arc<Semaphore>,
     shared: Arc<Shared>,
     tracker: Arc<ConnTracker>,
@@ -90,7 +101,10 @@ pub(super) async fn accept_loop(
         let shared = shared.clone();
         let shutdown = shutdown.clone();
         let guard = tracker.enter();
-        let stats = shared.listener_stats.get(id.0).map(|(_, s)| s.clone());
+        let stats = match role {
+            Role::Proxy => shared.listener_stats.get(id.0).map(|(_, s)| s.clone()),
+            Role::Redirect { .. } => None,
+        };
         if let Some(stats) = &stats {
             stats.total.fetch_add(1, Ordering::Relaxed);
             stats.active.fetch_add(1, Ordering::Relaxed);
@@ -100,8 +114,14 @@ pub(super) async fn accept_loop(
             let Some(listener) = snapshot.config.listeners.get(id.0) else {
                 return;
             };
-            let client = ClientInfo::new(id, peer);
-            super::conn::serve(stream, client, listener, shared.clone(), shutdown).await;
+            match role {
+                Role::Proxy => {
+                    let mut client = ClientInfo::new(id, peer);
+                    client.tls = listener.tls.is_some();
+                    super::conn::serve(stream, client, listener, shared.clone(), shutdown).await;
+                }
+                Role::Redirect { https_port } => super::redirect::serve(stream, https_port, listener, shutdown).await,
+            }
             if let Some(stats) = stats {
                 stats.active.fetch_sub(1, Ordering::Relaxed);
             }

@@ -2,7 +2,10 @@
 //! per worker thread, holds the current snapshot, and shuts down gracefully.
 
 mod conn;
+mod http2;
 mod listener;
+mod preface;
+mod redirect;
 pub mod snapshot;
 pub mod worker;
 
@@ -84,11 +87,27 @@ impl Server {
                 .with_context(|| format!("cannot listen on {} (listener {})", l.listen, l.name))?;
             bound.push(listener::BoundListener {
                 id: ListenerId(i),
+                role: listener::Role::Proxy,
                 name: l.name.clone(),
                 addr,
                 sockets,
                 slots: Arc::new(Semaphore::new(l.max_connections.min(Semaphore::MAX_PERMITS))),
             });
+            if let Some(from) = l.tls.as_ref().and_then(|t| t.redirect_http_from) {
+                let name = format!("{}-redirect", l.name);
+                let (redirect_addr, sockets) =
+                    listener::bind(from, workers).with_context(|| format!("cannot listen on {from} ({name})"))?;
+                bound.push(listener::BoundListener {
+                    id: ListenerId(i),
+                    role: listener::Role::Redirect {
+                        https_port: addr.port(),
+                    },
+                    name,
+                    addr: redirect_addr,
+                    sockets,
+                    slots: Arc::new(Semaphore::new(l.max_connections.min(Semaphore::MAX_PERMITS))),
+                });
+            }
         }
         let admin_socket = match config.global.admin_listen {
             Some(addr) => {
@@ -99,6 +118,7 @@ impl Server {
         let grace = config.global.shutdown_grace;
         let listener_stats = bound
             .iter()
+            .filter(|b| matches!(b.role, listener::Role::Proxy))
             .map(|b| (b.name.clone(), Arc::new(ListenerStats::default())))
             .collect();
         let shared = Arc::new(Shared {
@@ -107,7 +127,11 @@ impl Server {
             unrouted: UnroutedStats::default(),
         });
         let (shutdown, _) = watch::channel(false);
-        let addrs = bound.iter().map(|b| (b.name.clone(), b.addr)).collect();
+        let addrs = bound
+            .iter()
+            .filter(|b| matches!(b.role, listener::Role::Proxy))
+            .map(|b| (b.name.clone(), b.addr))
+            .collect();
         let health_checker = {
             let snapshot = shared.snapshot.load();
             let checks: Vec<_> = snapshot
@@ -120,12 +144,11 @@ impl Server {
                 .context("cannot start the health-check thread")?
         };
 
-        let mut per_worker: Vec<Vec<(ListenerId, std::net::TcpListener, Arc<Semaphore>)>> =
-            (0..workers).map(|_| Vec::new()).collect();
+        let mut per_worker: Vec<Vec<WorkerSocket>> = (0..workers).map(|_| Vec::new()).collect();
         for b in bound {
             tracing::info!(listener = %b.name, addr = %b.addr, "listening");
             for (w, socket) in b.sockets.into_iter().enumerate() {
-                per_worker[w].push((b.id, socket, b.slots.clone()));
+                per_worker[w].push((b.id, b.role, socket, b.slots.clone()));
             }
         }
         let mut handles = Vec::with_capacity(workers);
@@ -177,9 +200,12 @@ impl Server {
     }
 }
 
+/// A listening socket a worker accepts on, and what for.
+type WorkerSocket = (ListenerId, listener::Role, std::net::TcpListener, Arc<Semaphore>);
+
 fn run_worker(
     index: usize,
-    sockets: Vec<(ListenerId, std::net::TcpListener, Arc<Semaphore>)>,
+    sockets: Vec<WorkerSocket>,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
@@ -194,10 +220,11 @@ fn run_worker(
     };
     let tracker = Arc::new(ConnTracker::default());
     runtime.block_on(async {
-        for (id, socket, slots) in sockets {
+        for (id, role, socket, slots) in sockets {
             tokio::spawn(listener::accept_loop(
                 socket,
                 id,
+                role,
                 slots,
                 shared.clone(),
                 tracker.clone(),
