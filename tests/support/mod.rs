@@ -7,6 +7,7 @@
 
 mod client;
 mod process;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::OnceLock;
