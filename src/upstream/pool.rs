@@ -2,6 +2,7 @@
 //! only ever touches its own slot, so the lock in it is never contended.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -43,8 +44,8 @@ pub(super) struct ConnPool {
     address: String,
     /// Set when the address is an IP literal; host names resolve per connect.
     socket_addr: Option<SocketAddr>,
-    max_idle: usize,
-    idle_timeout: Duration,
+    max_idle: AtomicUsize,
+    idle_timeout_ms: AtomicU64,
     idle: Box<[PerWorker<Mutex<Vec<Idle>>>]>,
 }
 
@@ -53,12 +54,19 @@ impl ConnPool {
         ConnPool {
             socket_addr: address.parse().ok(),
             address,
-            max_idle,
-            idle_timeout,
+            max_idle: AtomicUsize::new(max_idle),
+            idle_timeout_ms: AtomicU64::new(idle_timeout.as_millis() as u64),
             idle: (0..workers.max(1))
                 .map(|_| PerWorker::new(Mutex::new(Vec::new())))
                 .collect(),
         }
+    }
+
+    /// New `keepalive` settings from a reload; idle connections stay.
+    pub(super) fn reconfigure(&self, max_idle: usize, idle_timeout: Duration) {
+        self.max_idle.store(max_idle, Ordering::Relaxed);
+        self.idle_timeout_ms
+            .store(idle_timeout.as_millis() as u64, Ordering::Relaxed);
     }
 
     fn slot(&self) -> &Mutex<Vec<Idle>> {
@@ -69,8 +77,9 @@ impl ConnPool {
         let mut idle = self.slot().lock().unwrap_or_else(|e| e.into_inner());
         // Newest first: the warmest connection is the least likely to have
         // been closed by the server.
+        let idle_timeout = Duration::from_millis(self.idle_timeout_ms.load(Ordering::Relaxed));
         while let Some(conn) = idle.pop() {
-            if conn.since.elapsed() < self.idle_timeout && !conn.sender.is_closed() {
+            if conn.since.elapsed() < idle_timeout && !conn.sender.is_closed() {
                 return Some(conn.sender);
             }
         }
@@ -133,11 +142,12 @@ impl ConnPool {
     }
 
     fn put_back(&self, sender: SendRequest<RequestBody>) {
-        if sender.is_closed() || self.max_idle == 0 {
+        let max_idle = self.max_idle.load(Ordering::Relaxed);
+        if sender.is_closed() || max_idle == 0 {
             return;
         }
         let mut idle = self.slot().lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() >= self.max_idle {
+        while idle.len() >= max_idle {
             // Keep the newest; the oldest is the closest to its idle timeout.
             idle.remove(0);
         }
