@@ -116,7 +116,30 @@ impl ConnPool {
         })
     }
 
+    /// A new connection that can switch protocols (WebSockets): never a
+    /// pooled one, since the switch takes it over.
+    pub(super) async fn open_upgradable(
+        server: &Arc<ServerState>,
+        timeout: Duration,
+    ) -> Result<PooledConn, ConnectError> {
+        let pool = &server.pool;
+        let sender = tokio::time::timeout(timeout, pool.open_with(true))
+            .await
+            .map_err(|_| ConnectError::Timeout {
+                address: pool.address.clone(),
+            })??;
+        Ok(PooledConn {
+            sender,
+            server: server.clone(),
+            reused: false,
+        })
+    }
+
     async fn open(&self) -> Result<SendRequest<RequestBody>, ConnectError> {
+        self.open_with(false).await
+    }
+
+    async fn open_with(&self, upgrades: bool) -> Result<SendRequest<RequestBody>, ConnectError> {
         let io_err = |source| ConnectError::Io {
             address: self.address.clone(),
             source,
@@ -134,7 +157,12 @@ impl ConnPool {
                 source,
             })?;
         tokio::spawn(async move {
-            if let Err(error) = conn.await {
+            let ended = if upgrades {
+                conn.with_upgrades().await
+            } else {
+                conn.await
+            };
+            if let Err(error) = ended {
                 tracing::debug!(%error, "upstream connection ended with an error");
             }
         });
