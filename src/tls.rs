@@ -20,6 +20,8 @@ use rustls::{ServerConfig, version};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::config::CertificateFiles;
+
 /// ALPN protocols offered, most preferred first.
 pub const ALPN_H2: &[u8] = b"h2";
 pub const ALPN_HTTP11: &[u8] = b"http/1.1";
@@ -163,6 +165,8 @@ pub fn load_certificate(cert_path: &Path, key_path: &Path) -> Result<Certificate
 pub enum TlsError {
     #[error("a TLS listener needs at least one certificate")]
     NoCertificates,
+    #[error(transparent)]
+    Certificate(#[from] CertificateError),
     #[error("cannot set up TLS: {0}")]
     Rustls(#[from] rustls::Error),
 }
@@ -182,6 +186,18 @@ pub fn server_config(certificates: &[Certificate]) -> Result<Arc<ServerConfig>, 
     config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
     config.ticketer = rustls::crypto::ring::Ticketer::new()?;
     Ok(Arc::new(config))
+}
+
+/// Reads a listener's certificate files afresh and builds its acceptor
+/// configuration: for whoever holds a config (a reload) and wants the
+/// certificates re-read; on error it keeps the configuration it has.
+/// Config validation does the same file by file, to place each error.
+pub fn acceptor_config(files: &[CertificateFiles]) -> Result<Arc<ServerConfig>, TlsError> {
+    let certificates = files
+        .iter()
+        .map(|f| load_certificate(&f.cert, &f.key))
+        .collect::<Result<Vec<_>, _>>()?;
+    server_config(&certificates)
 }
 
 /// Picks a certificate by the name the client asked for: an exact name,
@@ -283,5 +299,36 @@ mod tests {
     #[test]
     fn no_certificates_is_an_error() {
         assert!(matches!(server_config(&[]), Err(TlsError::NoCertificates)));
+    }
+
+    #[test]
+    fn acceptor_config_reads_the_files_and_reports_a_mismatch() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |stem: &str| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = rcgen::CertificateParams::new(vec![format!("{stem}.test")])
+                .unwrap()
+                .self_signed(&key)
+                .unwrap();
+            let files = CertificateFiles {
+                cert: dir.path().join(format!("{stem}.pem")),
+                key: dir.path().join(format!("{stem}.key")),
+            };
+            std::fs::write(&files.cert, cert.pem()).unwrap();
+            std::fs::write(&files.key, key.serialize_pem()).unwrap();
+            files
+        };
+        let (a, b) = (write("a"), write("b"));
+        let config = acceptor_config(&[a.clone(), b.clone()]).unwrap();
+        assert_eq!(config.alpn_protocols, [ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()]);
+        let crossed = CertificateFiles {
+            cert: a.cert.clone(),
+            key: b.key.clone(),
+        };
+        let err = acceptor_config(&[a, crossed]).unwrap_err();
+        assert!(
+            matches!(err, TlsError::Certificate(CertificateError::KeyMismatch { .. })),
+            "{err}"
+        );
     }
 }

@@ -497,3 +497,49 @@ async fn rsa_and_ec_keys_in_every_pem_form_work() {
         }
     }
 }
+
+#[tokio::test]
+async fn reload_serves_new_certificates_and_keeps_the_old_ones_when_broken() {
+    let b = backends(&["app"]).await;
+    let pki = pki();
+    let lb = Fulcrum::start(&config(b[0].addr, &[&pki.default, &pki.a], ""));
+    let addr = lb.addr("web");
+    let client = pki.ca.default_client(&[]);
+    let leaf_for = |sni: &'static str| {
+        let client = client.clone();
+        async move { connect(addr, Some(sni), client).await.map(|s| peer_leaf(&s)) }
+    };
+    assert!(leaf_for("a.test").await.unwrap() == pki.a.der);
+
+    // A renewed certificate for a.test, and b.test added: served after a reload.
+    let renewed = pki.ca.issue(pki.dir.path(), "a-renewed", &["a.test"]);
+    lb.write_config(&config(b[0].addr, &[&pki.default, &renewed, &pki.b], ""));
+    lb.signal("HUP");
+    support::wait_until_async("the renewed certificate to be served", Duration::from_secs(10), || {
+        let leaf = leaf_for("a.test");
+        let renewed = renewed.der.clone();
+        async move { leaf.await.is_ok_and(|l| l == renewed) }
+    })
+    .await;
+    assert!(leaf_for("b.test").await.unwrap() == pki.b.der);
+
+    // A key that is not the certificate's: the reload fails, the running
+    // certificates keep serving, and the listener was never interrupted.
+    let broken = Issued {
+        cert: pki.b.cert.clone(),
+        key: pki.a.key.clone(),
+        der: pki.b.der.clone(),
+    };
+    lb.write_config(&config(b[0].addr, &[&pki.default, &renewed, &broken], ""));
+    lb.signal("HUP");
+    support::wait_until("the failed reload to be logged", Duration::from_secs(10), || {
+        lb.logs().contains("reload failed")
+    })
+    .await;
+    let logs = lb.logs();
+    assert!(logs.contains("does not belong to the certificate"), "{logs}");
+    assert!(leaf_for("a.test").await.unwrap() == renewed.der);
+    assert!(leaf_for("b.test").await.unwrap() == pki.b.der);
+    let stream = connect(addr, Some("b.test"), client.clone()).await.unwrap();
+    assert_eq!(http1_get(stream, "/", "b.test").await.unwrap().text(), "app\n");
+}
