@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use super::latency::LatencyHistogram;
 use crate::server::Shared;
 use crate::upstream::health::now_ms;
 
@@ -41,6 +42,11 @@ const FAILURE_KINDS: [&str; 4] = ["connect", "timeout", "status", "reset"];
 pub struct ServerStats {
     failures: [AtomicU64; 4],
     checks: [AtomicU64; 2],
+    /// Answers the proxy passed on (any status), and how many were 5xx.
+    responses: AtomicU64,
+    responses_5xx: AtomicU64,
+    /// Time to the response head of those answers.
+    pub latency: LatencyHistogram,
 }
 
 impl ServerStats {
@@ -50,6 +56,30 @@ impl ServerStats {
 
     pub fn health_check(&self, passed: bool) {
         self.checks[usize::from(!passed)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an answer that was passed on, with its time to the head.
+    pub fn response(&self, status: u16, latency: Duration) {
+        self.responses.fetch_add(1, Ordering::Relaxed);
+        if status >= 500 {
+            self.responses_5xx.fetch_add(1, Ordering::Relaxed);
+        }
+        self.latency.record(latency);
+    }
+
+    /// Attempts sent to this server: answers plus failed attempts.
+    pub fn requests_total(&self) -> u64 {
+        self.responses.load(Ordering::Relaxed) + self.failures_total()
+    }
+
+    /// Attempts that failed (connect, timeout, reset, a status the route
+    /// retries on) or were answered with a 5xx.
+    pub fn errors_total(&self) -> u64 {
+        self.responses_5xx.load(Ordering::Relaxed) + self.failures_total()
+    }
+
+    fn failures_total(&self) -> u64 {
+        self.failures.iter().map(|f| f.load(Ordering::Relaxed)).sum()
     }
 }
 

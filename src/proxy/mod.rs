@@ -271,7 +271,7 @@ async fn try_servers(
             Ok(response) => {
                 let status = response.status().as_u16();
                 if !on.status(status) {
-                    server.record_success(started.elapsed());
+                    server.record_success(started.elapsed(), status);
                     return Ok((response, server, index));
                 }
                 server.record_failure(&upstream.name, FailureKind::Status);

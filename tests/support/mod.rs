@@ -5,6 +5,7 @@
 // Each test file uses a different part of the harness.
 #![allow(dead_code)]
 
+pub mod browser;
 mod client;
 mod process;
 pub mod tls;
