@@ -211,3 +211,47 @@ async fn curl_and_h2load_speak_h2c_with_prior_knowledge() {
         assert_eq!(requests(&b) - before, 400);
     }
 }
+
+#[tokio::test]
+async fn h2_requests_are_routed_by_authority_and_reach_http11_upstreams_whole() {
+    let b = backends(&["api", "www"]).await;
+    let lb = Fulcrum::start(&format!(
+        r#"
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:0"
+[[routes]]
+host = "api.test"
+upstream = "api"
+[[routes]]
+upstream = "www"
+[upstreams.api]
+servers = [ {{ address = "{}" }} ]
+[upstreams.www]
+servers = [ {{ address = "{}" }} ]
+"#,
+        b[0].addr, b[1].addr
+    ));
+    let h2 = h2c(lb.addr("web")).await;
+    let req = http::Request::post("http://api.test:8080/echo?x=1")
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"hello")))
+        .unwrap();
+    let mut sender = h2.sender.clone();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let echo: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(echo["backend"], "api", "{echo}");
+    assert_eq!(echo["path"], "/echo?x=1", "{echo}");
+    assert_eq!(echo["method"], "POST", "{echo}");
+    assert_eq!(echo["body_bytes"], 5, "{echo}");
+    assert_eq!(echo["headers"]["host"], "api.test:8080", "{echo}");
+    assert_eq!(echo["headers"]["cookie"], "a=1; b=2", "one Cookie line: {echo}");
+    assert_eq!(
+        h2.get("/").await.unwrap().text(),
+        "www\n",
+        "no authority match: the catch-all"
+    );
+}

@@ -122,7 +122,10 @@ async fn alpn_chooses_h2_when_offered_and_http11_otherwise() {
     let h2 = H2::handshake(stream).await.unwrap();
     let resp = h2.get("/echo").await.unwrap();
     assert_status(&resp, StatusCode::OK);
-    assert_eq!(resp.json()["headers"]["x-forwarded-proto"], "https");
+    let echo = resp.json();
+    assert_eq!(echo["headers"]["x-forwarded-proto"], "https", "{echo}");
+    assert_eq!(echo["headers"]["host"], "localhost", ":authority becomes Host: {echo}");
+    assert_eq!(echo["headers"]["x-forwarded-host"], "localhost", "{echo}");
 
     for offered in [&["http/1.1"][..], &[]] {
         let stream = connect(addr, Some("a.test"), pki.ca.default_client(offered))

@@ -377,19 +377,20 @@ fn upstream_request(
     route: &Route,
     request_id: &HeaderValue,
 ) -> Result<Request<RequestBody>, ProxyError> {
-    parts.uri = upstream_uri(&parts.uri, route)?;
-    if parts.version == Version::HTTP_2 {
-        headers::join_cookies(&mut parts.headers);
-    }
-    parts.version = Version::HTTP_11;
     if !parts.headers.contains_key(header::HOST) {
-        // HTTP/2 clients send :authority instead.
+        // HTTP/2 clients send :authority instead (read before the URI
+        // becomes the upstream's origin-form, which has none).
         if let Some(authority) = parts.uri.authority()
             && let Ok(host) = HeaderValue::from_str(authority.as_str())
         {
             parts.headers.insert(header::HOST, host);
         }
     }
+    parts.uri = upstream_uri(&parts.uri, route)?;
+    if parts.version == Version::HTTP_2 {
+        headers::join_cookies(&mut parts.headers);
+    }
+    parts.version = Version::HTTP_11;
     headers::strip_hop_by_hop(&mut parts.headers);
     let proto = if client.tls { "https" } else { "http" };
     headers::add_forwarded(&mut parts.headers, &client.ip_header, proto);

@@ -219,8 +219,9 @@ pub fn assert_status(resp: &Resp, status: StatusCode) {
 }
 
 /// The external program `name`, if installed. Tests that need one skip
-/// without it, except under CI (`CI` set), where `.ci/run` installs it and
-/// a missing one is a failure.
+/// without it, except under CI (`CI` set), where a missing one is a failure:
+/// the CI machine has curl, openssl and h2load, and a check that silently
+/// skipped there would prove nothing.
 pub fn tool(name: &str) -> Option<PathBuf> {
     let found = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
