@@ -349,6 +349,52 @@ async fn curl_gets_h2_over_tls_with_the_right_certificate() {
     }
 }
 
+#[tokio::test]
+async fn curl_follows_the_redirect_from_http_to_h2_over_tls() {
+    let Some(curl) = tool("curl") else { return };
+    let b = backends(&["app"]).await;
+    let pki = pki();
+    let lb = Fulcrum::start(&config(
+        b[0].addr,
+        &[&pki.default, &pki.a],
+        r#"redirect_http_from = "127.0.0.1:0""#,
+    ));
+    let (https, http) = (lb.addr("web").port(), lb.addr("web-redirect").port());
+    let ca = pki.ca.write_ca(pki.dir.path());
+    let out = tokio::process::Command::new(&curl)
+        .args([
+            "--silent",
+            "--show-error",
+            "--max-time",
+            "20",
+            "--location",
+            "--http2",
+            "--cacert",
+        ])
+        .arg(&ca)
+        .args(["--resolve", &format!("a.test:{http}:127.0.0.1")])
+        .args(["--resolve", &format!("a.test:{https}:127.0.0.1")])
+        .args([
+            "--write-out",
+            "\n%{http_code} %{http_version} %{num_redirects} %{url_effective}",
+        ])
+        .arg(format!("http://a.test:{http}/echo?q=1"))
+        .output()
+        .await
+        .expect("run curl");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "curl: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (body, summary) = stdout.rsplit_once('\n').unwrap();
+    assert_eq!(summary, format!("200 2 1 https://a.test:{https}/echo?q=1"));
+    let echo: serde_json::Value = serde_json::from_str(body.trim()).unwrap();
+    assert_eq!(echo["path"], "/echo?q=1", "{echo}");
+    assert_eq!(echo["headers"]["x-forwarded-proto"], "https", "{echo}");
+}
+
 /// Runs `fulcrum check` on `toml` in `dir`; returns (exit code, stderr).
 fn check(dir: &Path, toml: &str) -> (i32, String) {
     let path = dir.join("fulcrum.toml");
