@@ -1,6 +1,7 @@
 //! The request pipeline: route, pick a server, forward, and shape the
 //! response. Every request gets a response here, errors included.
 
+mod admit;
 mod error;
 pub mod headers;
 mod key;
@@ -127,6 +128,7 @@ async fn forward(
     };
     meta.route = Some(route_id);
     let route = snapshot.routes.route(route_id);
+    admit::admit(&req, client, route, route_id, snapshot).await?;
     if declared_length(&req).is_some_and(|len| len > listener.max_body_bytes) {
         return Err(ProxyError::BodyTooLarge);
     }

@@ -8,6 +8,7 @@
 pub mod browser;
 mod client;
 mod process;
+mod redis;
 pub mod tls;
 
 use std::future::Future;
@@ -21,6 +22,8 @@ use fulcrum::backend::{self, BackendHandle};
 pub use client::{Conn, Resp, get, get_with, raw_exchange, request};
 #[allow(unused_imports)]
 pub use process::{Fulcrum, log_field, parse_listening_line, strip_ansi};
+#[allow(unused_imports)]
+pub use redis::RedisServer;
 
 /// How often `wait_until` re-checks its condition.
 const POLL_INTERVAL: Duration = Duration::from_millis(5);
