@@ -22,13 +22,6 @@ pub(super) fn reject_unbuilt(specs: &Specs, sink: &mut Sink) {
     if let Some(v) = &g.access_log_format {
         reject(Some(v.span()), "the access log");
     }
-    for l in specs.listeners.iter().map(|s| &s.spec) {
-        if let Some(v) = &l.proxy_protocol
-            && *v.get_ref()
-        {
-            reject(Some(v.span()), "the PROXY protocol");
-        }
-    }
     for r in specs.routes.iter().map(|s| &s.spec) {
         if let Some(v) = &r.compress {
             reject(Some(v.span()), "compression");

@@ -8,6 +8,7 @@ mod http2;
 mod listener;
 mod per_ip;
 mod preface;
+mod proxy_protocol;
 mod redirect;
 pub mod snapshot;
 pub mod worker;

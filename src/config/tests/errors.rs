@@ -293,11 +293,6 @@ fn every_unbuilt_key_is_refused_at_its_position() {
             "global.access_log_format",
         ),
         (
-            in_listener("proxy_protocol = true"),
-            "true",
-            "listeners[0].proxy_protocol",
-        ),
-        (
             in_route("retry = { tries = 2 }\ncompress = [\"gzip\"]"),
             "[\"gzip\"]",
             "routes[0].compress",
