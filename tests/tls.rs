@@ -592,3 +592,27 @@ async fn reload_serves_new_certificates_and_keeps_the_old_ones_when_broken() {
     let stream = connect(addr, Some("b.test"), client.clone()).await.unwrap();
     assert_eq!(http1_get(stream, "/", "b.test").await.unwrap().text(), "app\n");
 }
+
+#[tokio::test]
+async fn proxy_protocol_header_comes_before_the_tls_handshake() {
+    let b = backends(&["app"]).await;
+    let pki = pki();
+    let toml = config(b[0].addr, &[&pki.default, &pki.a], "").replace(
+        "request_header_timeout = \"1s\"",
+        "request_header_timeout = \"1s\"\nproxy_protocol = true",
+    );
+    let lb = Fulcrum::start(&toml);
+    let mut tcp = TcpStream::connect(lb.addr("web")).await.unwrap();
+    tcp.write_all(b"PROXY TCP4 203.0.113.7 127.0.0.1 5555 443\r\n")
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("a.test").unwrap();
+    let stream = tokio_rustls::TlsConnector::from(pki.ca.default_client(&[]))
+        .connect(name, tcp)
+        .await
+        .expect("TLS after the PROXY header");
+    let resp = http1_get(stream, "/echo", "a.test").await.unwrap();
+    let echo = resp.json();
+    assert_eq!(echo["headers"]["x-forwarded-for"], "203.0.113.7", "{echo}");
+    assert_eq!(echo["headers"]["x-forwarded-proto"], "https", "{echo}");
+}
