@@ -13,4 +13,5 @@ pub mod observe;
 pub mod proxy;
 pub mod router;
 pub mod server;
+pub mod tls;
 pub mod upstream;

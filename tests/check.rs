@@ -187,12 +187,6 @@ fn syntax_error_has_a_position() {
 }
 
 #[test]
-fn keys_not_built_yet_are_refused_not_ignored() {
-    let toml = format!("{VALID}\n[listeners.tls]\ncertificates = []\n");
-    assert_error(&toml, "12:1: listeners[0].tls", "not supported yet");
-}
-
-#[test]
 fn compress_lists_each_coding_once() {
     let toml = VALID.replace(
         "upstream = \"app\"",

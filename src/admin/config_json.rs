@@ -50,6 +50,13 @@ fn listener(l: &Listener) -> Value {
         "max_body_size": l.max_body_bytes,
         "expose_upstream": l.expose_upstream,
         "proxy_protocol": l.proxy_protocol,
+        "tls": l.tls.as_ref().map(|t| json!({
+            "certificates": t.certificates.iter().map(|c| json!({
+                "cert": c.cert.display().to_string(),
+                "key": c.key.display().to_string(),
+            })).collect::<Vec<_>>(),
+            "redirect_http_from": t.redirect_http_from.map(|a| a.to_string()),
+        })),
     })
 }
 

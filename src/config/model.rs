@@ -64,6 +64,28 @@ pub struct Listener {
     pub max_body_bytes: u64,
     pub expose_upstream: bool,
     pub proxy_protocol: bool,
+    /// Terminate TLS on this listener.
+    pub tls: Option<ListenerTls>,
+}
+
+/// `[listeners.tls]`: certificates already loaded and checked.
+#[derive(Debug, Clone)]
+pub struct ListenerTls {
+    /// Certificate and key files as resolved (relative paths are relative
+    /// to the config file's directory), in file order: the first is the
+    /// default for clients that send no SNI.
+    pub certificates: Vec<CertificateFiles>,
+    /// A plain listener answering every request with a 308 to https.
+    pub redirect_http_from: Option<SocketAddr>,
+    /// What connections are accepted with, built from `certificates` when
+    /// the config was loaded.
+    pub server_config: std::sync::Arc<rustls::ServerConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// Index into `Config::listeners`.

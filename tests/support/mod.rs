@@ -9,6 +9,7 @@ pub mod browser;
 mod client;
 mod process;
 mod redis;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::OnceLock;
