@@ -6,6 +6,7 @@ pub mod admin;
 pub mod backend;
 pub mod balance;
 pub mod body;
+pub mod compress;
 pub mod config;
 pub mod limit;
 pub mod observe;

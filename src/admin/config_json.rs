@@ -76,6 +76,7 @@ fn route(config: &Config, r: &Route) -> Value {
         "request_headers": header_edits(&r.request_headers),
         "response_headers": header_edits(&r.response_headers),
         "rate_limit": r.rate_limit.map(|id| config.rate_limits[id.0].name.clone()),
+        "compress": compress(r.compress),
     });
     match &r.action {
         RouteAction::Upstream(id) => out["upstream"] = Value::from(config.upstreams[id.0].name.clone()),
@@ -90,6 +91,13 @@ fn route(config: &Config, r: &Route) -> Value {
         }
     }
     out
+}
+
+fn compress(c: crate::config::Compress) -> Vec<&'static str> {
+    [(c.br, "br"), (c.gzip, "gzip")]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect()
 }
 
 fn retry_on(on: &crate::config::RetryOn) -> Vec<&'static str> {

@@ -100,6 +100,8 @@ pub struct Route {
     pub retry: Option<Retry>,
     pub request_headers: HeaderEdits,
     pub response_headers: HeaderEdits,
+    /// Encodings responses may be compressed with; empty = never.
+    pub compress: Compress,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,6 +173,20 @@ impl RetryOn {
             504 => self.http_504,
             _ => false,
         }
+    }
+}
+
+/// `compress = ["gzip", "br"]`: the content codings a route may apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Compress {
+    pub gzip: bool,
+    pub br: bool,
+}
+
+impl Compress {
+    /// No encoding listed: responses pass untouched.
+    pub fn is_off(self) -> bool {
+        !self.gzip && !self.br
     }
 }
 

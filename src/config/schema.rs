@@ -81,7 +81,7 @@ pub struct RouteSpec {
     pub retry: Option<Spanned<RetrySpec>>,
     pub request_headers: Option<HeaderEditsSpec>,
     pub response_headers: Option<HeaderEditsSpec>,
-    pub compress: Option<Spanned<Vec<CompressSpec>>>,
+    pub compress: Option<Spanned<Vec<Spanned<CompressSpec>>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -197,6 +197,26 @@ fn semantic_rules_are_checked_where_they_break() {
 }
 
 #[test]
+fn compress_takes_gzip_and_br_once_each() {
+    assert_error(
+        &in_route("compress = [\"gzip\", \"zstd\"]"),
+        "\"zstd\"",
+        "routes[0].compress[1]",
+        "unknown variant `zstd`, expected `gzip` or `br`",
+    );
+    assert_error(
+        &in_route("compress = [\"br\", \"gzip\", \"br\"]"),
+        "\"br\"]",
+        "routes[0].compress[2]",
+        "`br` is listed twice",
+    );
+    let config = parse_ok(&in_route("compress = [\"br\", \"gzip\"]"));
+    assert_eq!(config.routes[0].compress, Compress { gzip: true, br: true });
+    let config = parse_ok(&in_route("compress = []"));
+    assert!(config.routes[0].compress.is_off());
+}
+
+#[test]
 fn route_names_are_unique() {
     let two =
         |a: &str, b: &str| format!("{BASE}[[routes]]\n{a}upstream = \"app\"\n[[routes]]\n{b}upstream = \"app\"\n");
@@ -281,36 +301,43 @@ fn upstream_rules_are_checked_where_they_break() {
 
 #[test]
 fn every_unbuilt_key_is_refused_at_its_position() {
-    let cases = [
-        (
-            format!("{BASE}[global]\naccess_log = \"stdout\"\n"),
-            "\"stdout\"",
-            "global.access_log",
-        ),
-        (
-            format!("{BASE}[global]\naccess_log_format = \"json\"\n"),
-            "\"json\"",
-            "global.access_log_format",
-        ),
-        (
-            format!("{BASE}[listeners.tls]\ncertificates = []\n"),
-            "[listeners.tls]",
-            "listeners[0].tls",
-        ),
-        (
-            in_route("retry = { tries = 2 }\ncompress = [\"gzip\"]"),
-            "[\"gzip\"]",
-            "routes[0].compress",
-        ),
-    ];
+    let cases = [(
+        format!("{BASE}[listeners.tls]\ncertificates = []\n"),
+        "[listeners.tls]",
+        "listeners[0].tls",
+    )];
     for (text, at, key_path) in &cases {
         assert_error(text, at, key_path, "not supported yet");
     }
     let built = format!(
-        "{}[global]\nadmin_listen = \"127.0.0.1:9900\"\naccess_log = \"off\"\n",
+        "{}[global]\nadmin_listen = \"127.0.0.1:9900\"\naccess_log = \"stdout\"\naccess_log_format = \"combined\"\n",
         in_listener("max_connections_per_ip = 0\nproxy_protocol = false")
     );
     parse_ok(&built);
+}
+
+#[test]
+fn access_log_paths_must_be_openable() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-dir").join("access.log");
+    let text = format!("{BASE}[global]\naccess_log = \"{}\"\n", missing.display());
+    assert_error(&text, "\"/", "global.access_log", "no-such-dir does not exist");
+    let text = format!("{BASE}[global]\naccess_log = \"{}\"\n", dir.path().display());
+    assert_error(&text, "\"/", "global.access_log", "is a directory, not a file");
+
+    let file = dir.path().join("access.log");
+    let text = format!(
+        "{BASE}[global]\naccess_log = \"{}\"\naccess_log_format = \"combined\"\n",
+        file.display()
+    );
+    let config = parse_ok(&text);
+    assert_eq!(config.global.access_log, AccessLog::File(file.clone()));
+    assert_eq!(config.global.access_log_format, AccessLogFormat::Combined);
+    assert!(!file.exists(), "checking a config creates nothing");
+    // A bare file name lives in the working directory, which exists.
+    let config = parse_ok(&format!("{BASE}[global]\naccess_log = \"access.log\"\n"));
+    assert_eq!(config.global.access_log, AccessLog::File("access.log".into()));
+    assert_eq!(config.global.access_log_format, AccessLogFormat::Json);
 }
 
 #[test]
