@@ -182,6 +182,27 @@ fn semantic_rules_are_checked_where_they_break() {
 }
 
 #[test]
+fn dns_settings_are_checked() {
+    let global = |keys: &str| format!("[global]\n{keys}\n{BASE}");
+    assert_error(
+        &global("dns_refresh = \"500ms\""),
+        "\"500ms\"",
+        "global.dns_refresh",
+        "at least 1s",
+    );
+    assert_error(
+        &global("resolver = \"dns.internal:53\""),
+        "\"dns.internal:53\"",
+        "global.resolver",
+        "expected an IP address",
+    );
+    assert_eq!(
+        parse_ok(&global("resolver = \"10.0.0.2\"")).global.resolver,
+        Some("10.0.0.2:53".parse().unwrap())
+    );
+}
+
+#[test]
 fn route_names_are_unique() {
     let two =
         |a: &str, b: &str| format!("{BASE}[[routes]]\n{a}upstream = \"app\"\n[[routes]]\n{b}upstream = \"app\"\n");
