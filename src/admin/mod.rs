@@ -93,6 +93,7 @@ fn upstreams(shared: &Shared) -> serde_json::Value {
                 .map(|s| {
                     serde_json::json!({
                         "address": s.address,
+                        "resolved": s.endpoints.current().iter().map(ToString::to_string).collect::<Vec<_>>(),
                         "weight": s.weight,
                         "backup": s.backup,
                         "max_requests": s.max_requests,

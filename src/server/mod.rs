@@ -16,6 +16,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 
 use crate::config::{Config, ListenerId};
 use crate::observe::metrics::{ListenerStats, UnroutedStats};
+use crate::upstream::resolver::{self, ResolverHandle};
 pub use snapshot::Snapshot;
 
 /// State every worker shares.
@@ -27,6 +28,9 @@ pub struct Shared {
     pub listener_stats: Vec<(String, Arc<ListenerStats>)>,
     /// Requests that matched no route.
     pub unrouted: UnroutedStats,
+    /// The DNS thread: a snapshot with servers given by host name should be
+    /// passed to `resolve_new` before it is installed.
+    pub resolver: ResolverHandle,
 }
 
 /// Counts live client connections so that shutdown can wait for them.
@@ -62,6 +66,9 @@ impl Drop for ConnGuard {
         }
     }
 }
+
+/// How long start-up waits for host names in `servers` to resolve.
+const STARTUP_DNS_WAIT: Duration = Duration::from_secs(5);
 
 /// A started balancer: listeners bound, workers running.
 pub struct Server {
@@ -101,12 +108,25 @@ impl Server {
             .iter()
             .map(|b| (b.name.clone(), Arc::new(ListenerStats::default())))
             .collect();
+        let (resolver, dns_inbox) = resolver::channel();
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(Snapshot::build(config)),
             listener_stats,
             unrouted: UnroutedStats::default(),
+            resolver,
         });
         let (shutdown, _) = watch::channel(false);
+        let dns_thread =
+            resolver::start(shared.clone(), dns_inbox, shutdown.subscribe()).context("cannot start the DNS thread")?;
+        // As HAProxy's `init-addr last,libc,none`: a name that does not
+        // resolve in time leaves its server down, not the balancer.
+        let resolved = shared
+            .resolver
+            .resolve_new(&shared.snapshot.load().upstreams)
+            .wait(STARTUP_DNS_WAIT);
+        if !resolved {
+            tracing::warn!(waited = ?STARTUP_DNS_WAIT, "DNS still resolving; starting with those servers down");
+        }
         let addrs = bound.iter().map(|b| (b.name.clone(), b.addr)).collect();
         let health_checker = {
             let snapshot = shared.snapshot.load();
@@ -139,6 +159,7 @@ impl Server {
             handles.push(handle);
         }
         handles.extend(health_checker);
+        handles.push(dns_thread);
         if let Some(socket) = admin_socket {
             let addr = socket.local_addr().context("cannot read the admin address")?;
             let handle = crate::admin::start(socket, shared.clone(), shutdown.subscribe())

@@ -10,7 +10,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::{ServerState, UpstreamPool};
@@ -90,7 +89,7 @@ async fn watch_server(target: Target, mut shutdown: watch::Receiver<bool>) {
             _ = ticker.tick() => {}
             _ = shutdown.changed() => return,
         }
-        let healthy = probe(&server.address, &check).await;
+        let healthy = probe(&server, &check).await;
         server.stats.health_check(healthy);
         if healthy {
             passes += 1;
@@ -108,11 +107,12 @@ async fn watch_server(target: Target, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-/// One check over a fresh connection: healthy when the status is in range
-/// within `timeout`.
-async fn probe(address: &str, check: &HealthCheck) -> bool {
+/// One check over a fresh connection, to the address requests go to:
+/// healthy when the status is in range within `timeout`.
+async fn probe(server: &ServerState, check: &HealthCheck) -> bool {
+    let address = server.address.as_str();
     let attempt = async {
-        let stream = TcpStream::connect(address).await.ok()?;
+        let (stream, _) = server.endpoints.connect().await.ok()?;
         let _ = stream.set_nodelay(true);
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;
         let driver = tokio::spawn(conn);
