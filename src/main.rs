@@ -90,7 +90,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
 /// Starts the balancer and blocks until it has shut down after a signal.
 fn serve(cfg: Config, runtime: tokio::runtime::Runtime) -> anyhow::Result<()> {
     let server = Server::start(cfg)?;
-    runtime.block_on(wait_for_shutdown_signal())?;
+    runtime.block_on(wait_for_shutdown_signal(&server))?;
     drain(server, &runtime);
     Ok(())
 }
@@ -113,7 +113,8 @@ fn control_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the runtime")
 }
 
-async fn wait_for_shutdown_signal() -> anyhow::Result<()> {
+/// Waits for SIGTERM or SIGINT; reloads the config on each SIGHUP meanwhile.
+async fn wait_for_shutdown_signal(server: &Server) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -121,7 +122,12 @@ async fn wait_for_shutdown_signal() -> anyhow::Result<()> {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => return Ok(()),
             _ = term.recv() => return Ok(()),
-            _ = hup.recv() => tracing::warn!("SIGHUP: live reload is not built yet; restart to apply config changes"),
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the config");
+                // The outcome is logged (and counted) by the reload itself.
+                let control = server.control().clone();
+                let _ = tokio::task::spawn_blocking(move || control.reload()).await;
+            }
         }
     }
 }
@@ -185,7 +191,7 @@ servers = [ {servers} ]
     println!("  curl -s http://127.0.0.1:9900/api/upstreams   # admin API: servers, state, in-flight, latency");
     println!();
     println!("Ctrl-C to stop.");
-    runtime.block_on(wait_for_shutdown_signal())?;
+    runtime.block_on(wait_for_shutdown_signal(&server))?;
     drain(server, &runtime);
     drop(backends);
     Ok(())

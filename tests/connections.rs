@@ -143,3 +143,64 @@ async fn sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_0() {
         lb.logs()
     );
 }
+
+/// A connection to `addr` from the source address `from`.
+async fn connect_from(from: &str, addr: std::net::SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+/// One GET on a raw connection; true when a 200 came back.
+async fn served(stream: &mut TcpStream) -> bool {
+    let sent = stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.is_ok();
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+        .await
+        .expect("an answer or a close within 10 s")
+        .unwrap_or(0);
+    sent && buf[..n].starts_with(b"HTTP/1.1 200")
+}
+
+#[tokio::test]
+async fn connections_beyond_max_connections_per_ip_are_refused_per_address() {
+    let b = backends(&["app"]).await;
+    let lb = Fulcrum::start(&config(b[0].addr, "max_connections_per_ip = 2").replace(
+        "shutdown_grace = \"10s\"",
+        "shutdown_grace = \"10s\"\nadmin_listen = \"127.0.0.1:0\"",
+    ));
+    let web = lb.addr("web");
+    let mut first = connect_from("127.0.0.1", web).await;
+    let mut second = connect_from("127.0.0.1", web).await;
+    assert!(served(&mut first).await);
+    assert!(served(&mut second).await);
+
+    // The third from the same address is closed without an answer.
+    let mut third = connect_from("127.0.0.1", web).await;
+    let (bytes, _) = read_until_closed(&mut third, Duration::from_secs(10)).await;
+    assert!(
+        bytes.is_empty(),
+        "refused connection got {:?}",
+        String::from_utf8_lossy(&bytes)
+    );
+    // Another address is not affected; the first two still work.
+    let mut other = connect_from("127.0.0.2", web).await;
+    assert!(served(&mut other).await);
+    assert!(served(&mut first).await);
+
+    // A slot frees when a connection closes.
+    drop(second);
+    support::wait_until_async(
+        "a connection from 127.0.0.1 to be accepted again",
+        Duration::from_secs(10),
+        || async move { served(&mut connect_from("127.0.0.1", web).await).await },
+    )
+    .await;
+    let metrics = get(lb.addr("admin"), "/metrics").await.text();
+    let refused = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("fulcrum_connections_refused_total{listener=\"web\",reason=\"per_ip\"} "))
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no refused counter in:\n{metrics}"));
+    assert!(refused >= 1, "{refused}");
+}

@@ -10,15 +10,17 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use bytes::Bytes;
 use fulcrum::backend::BackendHandle;
 use support::dns::{DnsServer, Mode};
-use support::{Fulcrum, backends, get, wait_until, wait_until_async};
+use support::{Conn, Fulcrum, Resp, backends, get, request, wait_until, wait_until_async};
 
 const A_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
 const B_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 /// Generous: TTLs are 1 s, a silent DNS server takes a few timeouts to fail,
 /// and the machine may be busy compiling.
 const DEADLINE: Duration = Duration::from_secs(30);
+const TOKEN: &str = "dns-test-token";
 const KEEPING: &str = "DNS resolution failed; keeping the last good addresses";
 
 /// Backend "a" on 127.0.0.1:P and "b" on 127.0.0.2:P: one port, so one
@@ -39,6 +41,7 @@ fn config(dns: &DnsServer, servers: &str) -> String {
 [global]
 resolver = "{dns}"
 admin_listen = "127.0.0.1:0"
+admin_token = "{TOKEN}"
 [[listeners]]
 name = "web"
 listen = "127.0.0.1:0"
@@ -49,6 +52,14 @@ servers = [ {servers} ]
 "#,
         dns = dns.addr
     )
+}
+
+async fn api_reload(admin: SocketAddr) -> Resp {
+    let req = request("POST", "/api/reload")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(Bytes::new())
+        .unwrap();
+    Conn::open(admin).await.send(req).await
 }
 
 /// The backend that answered `GET /` on a fresh connection.
@@ -164,6 +175,37 @@ async fn a_name_that_does_not_resolve_at_start_leaves_only_its_server_down() {
         vec!["app.test".to_string()],
         "IP literals are never resolved"
     );
+}
+
+#[tokio::test]
+async fn a_host_name_added_by_a_reload_resolves_and_one_kept_keeps_its_addresses() {
+    let dns = DnsServer::start();
+    let b = backends(&["literal", "named"]).await;
+    dns.set("app.test", &[A_IP]);
+    let literal = format!("{{ address = \"{}\" }}", b[0].addr);
+    let named = format!("{{ address = \"app.test:{}\" }}", b[1].addr.port());
+    let lb = Fulcrum::start(&config(&dns, &literal));
+    let (web, admin) = (lb.addr("web"), lb.addr("admin"));
+    assert_eq!(who(web).await, "literal");
+    assert!(dns.names_asked().is_empty(), "no host name, no DNS");
+
+    lb.write_config(&config(&dns, &format!("{literal}, {named}")));
+    let reload = api_reload(admin).await;
+    assert_eq!(reload.status, 200, "{}", reload.text());
+    wait_until_async("the added host name to get traffic", DEADLINE, || async {
+        who(web).await == "named"
+    })
+    .await;
+
+    // With DNS failing, a reload that keeps the server (and drops the
+    // other) must not lose its addresses: it serves from the first request.
+    dns.set_mode(Mode::ServFail);
+    lb.write_config(&config(&dns, &named));
+    let reload = api_reload(admin).await;
+    assert_eq!(reload.status, 200, "{}", reload.text());
+    for _ in 0..10 {
+        assert_eq!(who(web).await, "named");
+    }
 }
 
 #[tokio::test]

@@ -1,7 +1,9 @@
-//! The admin listener (SPEC §4), read-only part: `/health`, `/ready`,
-//! `/api/upstreams` and `/metrics`. It runs on a thread of its own, away
-//! from the workers. Mutating calls, `/api/config` and the dashboard come
-//! with the operations issue.
+//! The admin listener (SPEC §4): `/health`, `/ready`, `/api/upstreams`,
+//! `/metrics`, `/api/config`, and the mutating calls of `api` behind the
+//! bearer token. It runs on a thread of its own, away from the workers.
+
+mod api;
+mod config_json;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -9,18 +11,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
+use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 
-use crate::server::Shared;
+use crate::server::{Control, Shared};
 use crate::upstream::health::now_ms;
+
+/// Largest request body the admin API reads (a server to add is a few bytes).
+const MAX_BODY: usize = 64 * 1024;
 
 /// Starts the admin thread serving `listener` until `shutdown`.
 pub fn start(
     listener: std::net::TcpListener,
-    shared: Arc<Shared>,
+    control: Arc<Control>,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     listener.set_nonblocking(true)?;
@@ -48,12 +53,13 @@ pub fn start(
                         return;
                     }
                 };
-                let shared = shared.clone();
+                let control = control.clone();
                 let draining = draining.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
-                        let response = answer(&req, &shared, draining.load(Ordering::Relaxed));
-                        async move { Ok::<_, Infallible>(response) }
+                        let control = control.clone();
+                        let draining = draining.load(Ordering::Relaxed);
+                        async move { Ok::<_, Infallible>(answer(req, &control, draining).await) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -64,16 +70,27 @@ pub fn start(
     })
 }
 
-fn answer(req: &Request<Incoming>, shared: &Shared, draining: bool) -> Response<Full<Bytes>> {
-    match (req.method(), req.uri().path()) {
+async fn answer(req: Request<Incoming>, control: &Control, draining: bool) -> Response<Full<Bytes>> {
+    let shared = control.shared();
+    let path = req.uri().path().to_string();
+    match (req.method(), path.as_str()) {
         (&Method::GET, "/health") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/ready") if draining => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
         // Serving at all means the config is loaded and every listener bound.
         (&Method::GET, "/ready") => text(StatusCode::OK, "ready\n"),
         (&Method::GET, "/api/upstreams") => json(upstreams(shared)),
+        (&Method::GET, "/api/config") => json(config_json::config(&shared.snapshot.load().config)),
         (&Method::GET, "/metrics") => metrics(shared),
-        (_, "/health" | "/ready" | "/api/upstreams" | "/metrics") => {
+        (_, "/health" | "/ready" | "/api/upstreams" | "/metrics" | "/api/config") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        }
+        _ if path.starts_with("/api/") => {
+            let (parts, body) = req.into_parts();
+            let body = match Limited::new(body, MAX_BODY).collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(_) => return api::error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
+            };
+            api::mutate(&parts, &body, control)
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
@@ -87,32 +104,43 @@ fn upstreams(shared: &Shared) -> serde_json::Value {
         .upstreams
         .iter()
         .map(|u| {
-            let servers: Vec<serde_json::Value> = u
-                .servers
-                .iter()
-                .map(|s| {
-                    serde_json::json!({
-                        "address": s.address,
-                        "resolved": s.endpoints.current().iter().map(ToString::to_string).collect::<Vec<_>>(),
-                        "weight": s.weight,
-                        "backup": s.backup,
-                        "max_requests": s.max_requests,
-                        "state": if s.is_up(now) { "up" } else { "down" },
-                        "health_check": if s.checked_up() { "passing" } else { "failing" },
-                        "active_requests": s.active_requests(),
-                        "latency_ms": s.latency.latency_us(now) / 1000.0,
-                    })
-                })
-                .collect();
+            let servers: Vec<serde_json::Value> = u.servers.iter().map(|s| server_json(s, now)).collect();
             serde_json::json!({ "name": u.name, "balance": format!("{:?}", u.kind), "servers": servers })
         })
         .collect();
     serde_json::json!({ "upstreams": list })
 }
 
+/// One server as the API shows it.
+fn server_json(s: &crate::upstream::ServerState, now: u64) -> serde_json::Value {
+    serde_json::json!({
+        "address": s.address,
+        "resolved": s.endpoints.current().iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "weight": s.weight(),
+        "backup": s.backup(),
+        "max_requests": s.max_requests(),
+        "state": server_state(s, now),
+        "health_check": if s.checked_up() { "passing" } else { "failing" },
+        "active_requests": s.active_requests(),
+        "latency_ms": s.latency.latency_us(now) / 1000.0,
+    })
+}
+
+/// `up`, `down` (health checks say so) or `draining` (the admin API said so).
+fn server_state(server: &crate::upstream::ServerState, now: u64) -> &'static str {
+    if server.drained() {
+        "draining"
+    } else if server.is_healthy(now) {
+        "up"
+    } else {
+        "down"
+    }
+}
+
 fn metrics(shared: &Shared) -> Response<Full<Bytes>> {
     let snapshot = shared.snapshot.load();
-    let body = crate::observe::metrics::render(&snapshot, &shared.listener_stats, &shared.unrouted);
+    let listeners = shared.listener_stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let body = crate::observe::metrics::render(&snapshot, &listeners, &shared.unrouted, &shared.reloads);
     let mut response = Response::new(Full::new(Bytes::from(body)));
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -19,6 +19,7 @@ mod units;
 mod validate;
 
 pub use model::*;
+pub use units::parse_server_address;
 
 use std::fmt;
 use std::ops::Range;

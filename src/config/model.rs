@@ -112,7 +112,30 @@ pub enum HostMatch {
 #[derive(Debug, Clone)]
 pub enum RouteAction {
     Upstream(UpstreamId),
-    Respond { status: StatusCode, body: Bytes },
+    /// Weighted between upstreams (canary, blue-green).
+    Split(Vec<SplitTarget>),
+    Respond {
+        status: StatusCode,
+        body: Bytes,
+    },
+}
+
+impl RouteAction {
+    /// The upstreams this route may forward to, in config order.
+    pub fn upstream_ids(&self) -> Vec<UpstreamId> {
+        match self {
+            RouteAction::Upstream(id) => vec![*id],
+            RouteAction::Split(targets) => targets.iter().map(|t| t.upstream).collect(),
+            RouteAction::Respond { .. } => Vec::new(),
+        }
+    }
+}
+
+/// One upstream of a `split` and its share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitTarget {
+    pub upstream: UpstreamId,
+    pub weight: u32,
 }
 
 /// When and how often a failed request is tried again on another server.
@@ -196,7 +219,7 @@ pub struct Sticky {
 }
 
 /// Active health checks: a GET of `path` on every server each `interval`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct HealthCheck {
     pub path: String,
     /// `Host` header to send; the server's address when `None`.

@@ -14,9 +14,6 @@ pub(super) fn reject_unbuilt(specs: &Specs, sink: &mut Sink) {
         sink.error(span, format!("not supported yet ({what})"));
     };
     let g = &specs.global;
-    if let Some(v) = &g.admin_token {
-        reject(Some(v.span()), "the admin API's mutating calls");
-    }
     if let Some(v) = &g.access_log
         && v.get_ref().0 != AccessLog::Off
     {
@@ -29,11 +26,6 @@ pub(super) fn reject_unbuilt(specs: &Specs, sink: &mut Sink) {
         if let Some(v) = &l.tls {
             reject(Some(v.span()), "TLS");
         }
-        if let Some(v) = &l.max_connections_per_ip
-            && *v.get_ref() != 0
-        {
-            reject(Some(v.span()), "per-IP connection limits; only 0 is accepted");
-        }
         if let Some(v) = &l.proxy_protocol
             && *v.get_ref()
         {
@@ -41,9 +33,6 @@ pub(super) fn reject_unbuilt(specs: &Specs, sink: &mut Sink) {
         }
     }
     for r in specs.routes.iter().map(|s| &s.spec) {
-        if let Some(v) = &r.split {
-            reject(Some(v.span()), "traffic splitting");
-        }
         if let Some(v) = &r.rate_limit {
             reject(Some(v.span()), "rate limiting");
         }

@@ -3,6 +3,7 @@
 //! Prometheus text format by the admin listener.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -52,43 +53,96 @@ impl ServerStats {
     }
 }
 
-/// Counters of one route: responses by server and status class, retries,
-/// and the time to the response head.
+/// Counters of one route: responses by upstream, server and status class,
+/// retries, and the time to the response head by upstream. Every counter
+/// sits behind an `Arc` so that a reload can hand it to the new snapshot:
+/// counters never go back.
 #[derive(Debug)]
 pub struct RouteStats {
-    /// One row per server of the route's upstream, plus a last row for
-    /// answers that came from no server (respond routes, 503, 413, ...).
-    responses: Box<[[AtomicU64; 4]]>,
-    retries: AtomicU64,
+    /// One entry per upstream the route forwards to (several for a split).
+    upstreams: Box<[UpstreamRows]>,
+    /// Answers that came from no server (respond routes, 503, 413, ...).
+    local: Arc<ClassCounts>,
+    /// Their timing (label `upstream=""`).
+    local_totals: Arc<Timing>,
+    retries: Arc<AtomicU64>,
+}
+
+type ClassCounts = [AtomicU64; 4];
+
+/// A route's counters for one of its upstreams.
+#[derive(Debug, Clone)]
+struct UpstreamRows {
+    name: String,
+    /// Per server of the upstream, with its address.
+    servers: Box<[(String, Arc<ClassCounts>)]>,
+    timing: Arc<Timing>,
+}
+
+#[derive(Debug, Default)]
+struct Timing {
     buckets: [AtomicU64; BUCKETS.len()],
     count: AtomicU64,
     sum_micros: AtomicU64,
 }
 
-impl RouteStats {
-    pub fn new(servers: usize) -> Self {
-        RouteStats {
-            responses: (0..=servers).map(|_| Default::default()).collect(),
-            retries: AtomicU64::new(0),
-            buckets: Default::default(),
-            count: AtomicU64::new(0),
-            sum_micros: AtomicU64::new(0),
-        }
-    }
-
-    /// Records one answered request.
-    pub fn record(&self, server: Option<usize>, status: u16, elapsed: Duration, retries: u32) {
-        let row = server.unwrap_or(self.responses.len() - 1).min(self.responses.len() - 1);
-        self.responses[row][class(status)].fetch_add(1, Ordering::Relaxed);
-        if retries > 0 {
-            self.retries.fetch_add(u64::from(retries), Ordering::Relaxed);
-        }
+impl Timing {
+    fn record(&self, elapsed: Duration) {
         let secs = elapsed.as_secs_f64();
         if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
             self.buckets[i].fetch_add(1, Ordering::Relaxed);
         }
         self.count.fetch_add(1, Ordering::Relaxed);
         self.sum_micros.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+}
+
+impl RouteStats {
+    /// Stats for a route forwarding to `upstreams` (name, server addresses),
+    /// taking over the counters `previous` (the same route in the config
+    /// being replaced) has for the same upstreams and servers.
+    pub fn new(upstreams: &[(&str, Vec<&str>)], previous: Option<&RouteStats>) -> Self {
+        let rows = upstreams
+            .iter()
+            .map(|(name, servers)| {
+                let old = previous.and_then(|p| p.upstreams.iter().find(|u| u.name == *name));
+                UpstreamRows {
+                    name: name.to_string(),
+                    servers: servers
+                        .iter()
+                        .map(|address| {
+                            let counts = old
+                                .and_then(|o| o.servers.iter().find(|(a, _)| a == address))
+                                .map_or_else(Default::default, |(_, c)| c.clone());
+                            (address.to_string(), counts)
+                        })
+                        .collect(),
+                    timing: old.map_or_else(Default::default, |o| o.timing.clone()),
+                }
+            })
+            .collect();
+        RouteStats {
+            upstreams: rows,
+            local: previous.map_or_else(Default::default, |p| p.local.clone()),
+            local_totals: previous.map_or_else(Default::default, |p| p.local_totals.clone()),
+            retries: previous.map_or_else(Default::default, |p| p.retries.clone()),
+        }
+    }
+
+    /// Records one answered request: `upstream` is the index of the
+    /// route's upstream it went to, `server` the index of the server in it
+    /// that answered (both `None` when no server answered).
+    pub fn record(&self, upstream: Option<usize>, server: Option<usize>, status: u16, elapsed: Duration, retries: u32) {
+        let rows = upstream.and_then(|u| self.upstreams.get(u));
+        let counts = match (rows, server) {
+            (Some(rows), Some(s)) => rows.servers.get(s).map_or(&self.local, |(_, c)| c),
+            _ => &self.local,
+        };
+        counts[class(status)].fetch_add(1, Ordering::Relaxed);
+        if retries > 0 {
+            self.retries.fetch_add(u64::from(retries), Ordering::Relaxed);
+        }
+        rows.map_or(&self.local_totals, |r| &r.timing).record(elapsed);
     }
 }
 
@@ -109,6 +163,8 @@ impl UnroutedStats {
 pub struct ListenerStats {
     pub active: AtomicU64,
     pub total: AtomicU64,
+    /// Closed at accept by `max_connections_per_ip`.
+    pub refused_per_ip: AtomicU64,
 }
 
 /// The whole exposition, in Prometheus text format.
@@ -116,6 +172,7 @@ pub fn render(
     snapshot: &Snapshot,
     listeners: &[(String, std::sync::Arc<ListenerStats>)],
     unrouted: &UnroutedStats,
+    reloads: &[AtomicU64; 2],
 ) -> String {
     let mut out = String::with_capacity(4096);
     let now = now_ms();
@@ -124,13 +181,16 @@ pub fn render(
     out.push_str("# HELP fulcrum_requests_total Requests answered, by route, upstream, server and status class.\n");
     out.push_str("# TYPE fulcrum_requests_total counter\n");
     for (route, stats) in config.routes.iter().zip(&snapshot.route_stats) {
-        let upstream = snapshot.route_upstream(route);
-        for (row, counts) in stats.responses.iter().enumerate() {
-            let (upstream_name, server) = match upstream {
-                Some(u) if row < u.servers.len() => (u.name.as_str(), u.servers[row].address.as_str()),
-                Some(u) => (u.name.as_str(), ""),
-                None => ("", ""),
-            };
+        let rows = stats
+            .upstreams
+            .iter()
+            .flat_map(|u| {
+                u.servers
+                    .iter()
+                    .map(move |(address, counts)| (u.name.as_str(), address.as_str(), counts))
+            })
+            .chain(std::iter::once(("", "", &stats.local)));
+        for (upstream_name, server, counts) in rows {
             for (c, count) in counts.iter().enumerate() {
                 let n = count.load(Ordering::Relaxed);
                 if n > 0 {
@@ -157,24 +217,33 @@ pub fn render(
     out.push_str("# HELP fulcrum_request_duration_seconds Time to the response head.\n");
     out.push_str("# TYPE fulcrum_request_duration_seconds histogram\n");
     for (route, stats) in config.routes.iter().zip(&snapshot.route_stats) {
-        let upstream_name = snapshot.route_upstream(route).map_or("", |u| u.name.as_str());
-        let labels = format!("route=\"{}\",upstream=\"{upstream_name}\"", route.name);
-        let mut cumulative = 0;
-        for (bound, bucket) in BUCKETS.iter().zip(&stats.buckets) {
-            cumulative += bucket.load(Ordering::Relaxed);
+        let timings = stats
+            .upstreams
+            .iter()
+            .map(|u| (u.name.as_str(), &u.timing))
+            .chain(std::iter::once(("", &stats.local_totals)));
+        for (upstream_name, timing) in timings {
+            let count = timing.count.load(Ordering::Relaxed);
+            if upstream_name.is_empty() && count == 0 && !stats.upstreams.is_empty() {
+                continue;
+            }
+            let labels = format!("route=\"{}\",upstream=\"{upstream_name}\"", route.name);
+            let mut cumulative = 0;
+            for (bound, bucket) in BUCKETS.iter().zip(&timing.buckets) {
+                cumulative += bucket.load(Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "fulcrum_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
+                );
+            }
             let _ = writeln!(
                 out,
-                "fulcrum_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
+                "fulcrum_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {count}"
             );
+            let sum = timing.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+            let _ = writeln!(out, "fulcrum_request_duration_seconds_sum{{{labels}}} {sum}");
+            let _ = writeln!(out, "fulcrum_request_duration_seconds_count{{{labels}}} {count}");
         }
-        let count = stats.count.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "fulcrum_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {count}"
-        );
-        let sum = stats.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "fulcrum_request_duration_seconds_sum{{{labels}}} {sum}");
-        let _ = writeln!(out, "fulcrum_request_duration_seconds_count{{{labels}}} {count}");
     }
 
     out.push_str("# HELP fulcrum_retries_total Retries, by route.\n# TYPE fulcrum_retries_total counter\n");
@@ -260,8 +329,24 @@ pub fn render(
         );
     }
     out.push_str(
+        "# HELP fulcrum_connections_refused_total Connections closed at accept, by reason.\n# TYPE fulcrum_connections_refused_total counter\n",
+    );
+    for (name, stats) in listeners {
+        let _ = writeln!(
+            out,
+            "fulcrum_connections_refused_total{{listener=\"{name}\",reason=\"per_ip\"}} {}",
+            stats.refused_per_ip.load(Ordering::Relaxed)
+        );
+    }
+    out.push_str(
         "# HELP fulcrum_config_reloads_total Config reloads, by result.\n# TYPE fulcrum_config_reloads_total counter\n",
     );
-    out.push_str("fulcrum_config_reloads_total{result=\"ok\"} 0\nfulcrum_config_reloads_total{result=\"error\"} 0\n");
+    for (result, count) in ["ok", "error"].iter().zip(reloads) {
+        let _ = writeln!(
+            out,
+            "fulcrum_config_reloads_total{{result=\"{result}\"}} {}",
+            count.load(Ordering::Relaxed)
+        );
+    }
     out
 }

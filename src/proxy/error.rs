@@ -26,6 +26,9 @@ pub enum ProxyError {
     UpstreamFailed,
     #[error("upstream timed out")]
     UpstreamTimeout,
+    /// A reload removed the listener the connection came in on.
+    #[error("listener closed by a reload")]
+    ListenerClosed,
 }
 
 impl ProxyError {
@@ -35,7 +38,7 @@ impl ProxyError {
             ProxyError::BadRequest => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::NoServer | ProxyError::AllBusy => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoServer | ProxyError::AllBusy | ProxyError::ListenerClosed => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ConnectFailed | ProxyError::UpstreamFailed => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout | ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -61,7 +64,10 @@ impl ProxyError {
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
-        if status == StatusCode::PAYLOAD_TOO_LARGE || status == StatusCode::BAD_REQUEST {
+        if status == StatusCode::PAYLOAD_TOO_LARGE
+            || status == StatusCode::BAD_REQUEST
+            || self == ProxyError::ListenerClosed
+        {
             // The rest of the request body is unread; the connection cannot be reused.
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
@@ -86,6 +92,7 @@ mod tests {
             (ProxyError::UpstreamFailed, 502),
             (ProxyError::ConnectTimeout, 504),
             (ProxyError::UpstreamTimeout, 504),
+            (ProxyError::ListenerClosed, 503),
         ];
         for (error, status) in table {
             assert_eq!(error.status().as_u16(), status, "{error:?}");

@@ -4,6 +4,7 @@
 mod error;
 pub mod headers;
 mod key;
+mod split;
 
 pub use error::ProxyError;
 
@@ -19,27 +20,24 @@ use crate::body::{BodyError, RequestBody, ResponseBody, UpstreamBody};
 use crate::config::{Listener, ListenerId, Route, RouteAction};
 use crate::observe::metrics::FailureKind;
 use crate::router::{self, RouteId};
-use crate::server::{Shared, Snapshot};
+use crate::server::{ListenerSlot, Shared, Snapshot};
 use crate::upstream::{ActiveGuard, ConnectError, NoServer, ServerState, UpstreamPool};
 
 /// What the proxy knows about the client side of a request.
 #[derive(Debug, Clone)]
 pub struct ClientInfo {
-    pub listener: ListenerId,
+    /// The running listener the connection came in on.
+    pub slot: ListenerSlot,
     pub peer: SocketAddr,
     /// The peer's IP as a header value, made once per connection.
     pub ip_header: HeaderValue,
 }
 
 impl ClientInfo {
-    pub fn new(listener: ListenerId, peer: SocketAddr) -> Self {
+    pub fn new(slot: ListenerSlot, peer: SocketAddr) -> Self {
         let ip_header = HeaderValue::from_maybe_shared(bytes::Bytes::from(peer.ip().to_string()))
             .unwrap_or(HeaderValue::from_static("unknown"));
-        ClientInfo {
-            listener,
-            peer,
-            ip_header,
-        }
+        ClientInfo { slot, peer, ip_header }
     }
 }
 
@@ -47,18 +45,21 @@ impl ClientInfo {
 pub async fn handle(req: Request<Incoming>, client: &ClientInfo, shared: &Shared) -> Response<ResponseBody> {
     let snapshot = shared.snapshot.load_full();
     let request_id = headers::request_id(req.headers());
-    let Some(listener) = snapshot.config.listeners.get(client.listener.0) else {
-        return ProxyError::NoRoute.into_response(&request_id);
+    // A reload removed the listener after this connection was accepted: the
+    // connection is being closed; answer what is in the pipe.
+    let Some(listener_id) = snapshot.listener_id(client.slot) else {
+        return ProxyError::ListenerClosed.into_response(&request_id);
     };
+    let listener = &snapshot.config.listeners[listener_id.0];
     let started = Instant::now();
     let mut meta = Meta::default();
-    let mut response = match forward(req, client, listener, &snapshot, &request_id, &mut meta).await {
+    let mut response = match forward(req, client, (listener_id, listener), &snapshot, &request_id, &mut meta).await {
         Ok(response) => response,
         Err(error) => error.into_response(&request_id),
     };
     let status = response.status().as_u16();
     match meta.route.and_then(|r| snapshot.route_stats.get(r.0)) {
-        Some(stats) => stats.record(meta.server, status, started.elapsed(), meta.retries),
+        Some(stats) => stats.record(meta.upstream, meta.server, status, started.elapsed(), meta.retries),
         None => shared.unrouted.record(status),
     }
     response.headers_mut().insert(headers::X_REQUEST_ID, request_id);
@@ -69,7 +70,9 @@ pub async fn handle(req: Request<Incoming>, client: &ClientInfo, shared: &Shared
 #[derive(Debug, Default)]
 struct Meta {
     route: Option<RouteId>,
-    /// Index in the route's upstream of the server that answered last.
+    /// Index in the route's upstreams (several for a split) of the one used.
+    upstream: Option<usize>,
+    /// Index in that upstream of the server that answered last.
     server: Option<usize>,
     retries: u32,
 }
@@ -77,7 +80,7 @@ struct Meta {
 async fn forward(
     req: Request<Incoming>,
     client: &ClientInfo,
-    listener: &Listener,
+    (listener_id, listener): (ListenerId, &Listener),
     snapshot: &Snapshot,
     request_id: &HeaderValue,
     meta: &mut Meta,
@@ -86,7 +89,7 @@ async fn forward(
         let host = router::request_host(req.uri(), req.headers());
         snapshot
             .routes
-            .resolve(client.listener, host, req.uri().path(), req.headers())
+            .resolve(listener_id, host, req.uri().path(), req.headers())
             .ok_or(ProxyError::NoRoute)?
     };
     meta.route = Some(route_id);
@@ -96,7 +99,15 @@ async fn forward(
     }
     let upstream_id = match &route.action {
         RouteAction::Respond { status, body } => return Ok(respond(route, *status, body.clone())),
-        RouteAction::Upstream(id) => *id,
+        RouteAction::Upstream(id) => {
+            meta.upstream = Some(0);
+            *id
+        }
+        RouteAction::Split(targets) => {
+            let i = split::choose(targets, snapshot, &req);
+            meta.upstream = Some(i);
+            targets[i].upstream
+        }
     };
     let upstream = snapshot.upstream(upstream_id);
     let key = key::request_key(upstream, &req, client);

@@ -10,26 +10,30 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{Semaphore, watch};
 
-use super::{ConnTracker, Shared};
-use crate::config::ListenerId;
+use super::per_ip::PerIp;
+use super::{ConnTracker, ListenerSlot, Shared};
+use crate::observe::metrics::ListenerStats;
 use crate::proxy::ClientInfo;
 
-/// One configured listener, bound once per worker.
+/// One worker's share of a listener: its socket and what it needs to serve.
 #[derive(Debug)]
-pub(super) struct BoundListener {
-    pub id: ListenerId,
-    pub name: String,
-    pub addr: SocketAddr,
-    /// One socket per worker, taken by that worker when it starts.
-    pub sockets: Vec<std::net::TcpListener>,
+pub(crate) struct WorkerListener {
+    pub slot: ListenerSlot,
+    pub socket: std::net::TcpListener,
     /// `max_connections`, shared by every worker: beyond it accepting pauses
     /// and new connections wait in the kernel backlog.
     pub slots: Arc<Semaphore>,
+    pub stats: Arc<ListenerStats>,
+    /// `max_connections_per_ip`.
+    pub per_ip: Arc<PerIp>,
+    /// Turns true (or is dropped) when the listener closes: at shutdown, or
+    /// when a reload removes it. Its connections close gracefully then.
+    pub stop: watch::Receiver<bool>,
 }
 
 /// Binds `addr` `workers` times. With port 0, the first bind picks the port
 /// and the others join it.
-pub(super) fn bind(addr: SocketAddr, workers: usize) -> std::io::Result<(SocketAddr, Vec<std::net::TcpListener>)> {
+pub(crate) fn bind(addr: SocketAddr, workers: usize) -> std::io::Result<(SocketAddr, Vec<std::net::TcpListener>)> {
     let mut sockets = Vec::with_capacity(workers);
     let mut bound = addr;
     for _ in 0..workers.max(1) {
@@ -47,15 +51,16 @@ pub(super) fn bind(addr: SocketAddr, workers: usize) -> std::io::Result<(SocketA
     Ok((bound, sockets))
 }
 
-/// Accepts connections on one worker's socket until shutdown.
-pub(super) async fn accept_loop(
-    socket: std::net::TcpListener,
-    id: ListenerId,
-    slots: Arc<Semaphore>,
-    shared: Arc<Shared>,
-    tracker: Arc<ConnTracker>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// Accepts connections on one worker's socket until the listener stops.
+pub(super) async fn accept_loop(l: WorkerListener, shared: Arc<Shared>, tracker: Arc<ConnTracker>) {
+    let WorkerListener {
+        slot,
+        socket,
+        slots,
+        stats,
+        per_ip,
+        mut stop,
+    } = l;
     let listener = match tokio::net::TcpListener::from_std(socket) {
         Ok(l) => l,
         Err(error) => {
@@ -63,6 +68,9 @@ pub(super) async fn accept_loop(
             return;
         }
     };
+    if *stop.borrow_and_update() {
+        return;
+    }
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -74,7 +82,14 @@ pub(super) async fn accept_loop(
                     continue;
                 }
             },
-            _ = shutdown.changed() => return,
+            _ = stop.changed() => return,
+        };
+        // Over its address's limit: closed at once, before it costs a slot.
+        let Some(per_ip_guard) = per_ip.try_enter(peer.ip()) else {
+            stats.refused_per_ip.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(client = %peer, "max_connections_per_ip reached: connection refused");
+            drop(stream);
+            continue;
         };
         // At the limit, this worker stops accepting until a slot frees: the
         // connection in hand waits, and the others wait in the backlog. Taking
@@ -85,27 +100,24 @@ pub(super) async fn accept_loop(
                 Ok(p) => p,
                 Err(_) => return,
             },
-            _ = shutdown.changed() => return,
+            _ = stop.changed() => return,
         };
         let shared = shared.clone();
-        let shutdown = shutdown.clone();
+        let stop = stop.clone();
         let guard = tracker.enter();
-        let stats = shared.listener_stats.get(id.0).map(|(_, s)| s.clone());
-        if let Some(stats) = &stats {
-            stats.total.fetch_add(1, Ordering::Relaxed);
-            stats.active.fetch_add(1, Ordering::Relaxed);
-        }
+        let stats = stats.clone();
+        stats.total.fetch_add(1, Ordering::Relaxed);
+        stats.active.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             let snapshot = shared.snapshot.load_full();
-            let Some(listener) = snapshot.config.listeners.get(id.0) else {
-                return;
-            };
-            let client = ClientInfo::new(id, peer);
-            super::conn::serve(stream, client, listener, shared.clone(), shutdown).await;
-            if let Some(stats) = stats {
-                stats.active.fetch_sub(1, Ordering::Relaxed);
+            if let Some(id) = snapshot.listener_id(slot) {
+                let client = ClientInfo::new(slot, peer);
+                let listener = &snapshot.config.listeners[id.0];
+                super::conn::serve(stream, client, listener, shared.clone(), stop).await;
             }
+            stats.active.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
+            drop(per_ip_guard);
             drop(guard);
         });
     }

@@ -1,36 +1,50 @@
-//! The running balancer: binds listeners, starts one single-threaded runtime
-//! per worker thread, holds the current snapshot, and shuts down gracefully.
+//! The running balancer: starts one single-threaded runtime per worker
+//! thread, holds the current snapshot, and shuts down gracefully. Listeners
+//! and reloads are managed by `control`.
 
 mod conn;
+pub mod control;
 mod listener;
+mod per_ip;
 pub mod snapshot;
 pub mod worker;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Notify, mpsc, watch};
 
-use crate::config::{Config, ListenerId};
+use crate::config::Config;
 use crate::observe::metrics::{ListenerStats, UnroutedStats};
-use crate::upstream::resolver::{self, ResolverHandle};
-pub use snapshot::Snapshot;
+pub use control::{Control, ReloadError};
+pub use snapshot::{ListenerSlot, Snapshot};
 
 /// State every worker shares.
 #[derive(Debug)]
 pub struct Shared {
     /// The current configuration; a request loads it once.
     pub snapshot: ArcSwap<Snapshot>,
-    /// Connection counts per listener (by name, in config order).
-    pub listener_stats: Vec<(String, Arc<ListenerStats>)>,
+    /// Connection counts of the running listeners, by name, in config order.
+    /// Only reloads write it and only the admin listener reads it.
+    pub listener_stats: Mutex<Vec<(String, Arc<ListenerStats>)>>,
     /// Requests that matched no route.
     pub unrouted: UnroutedStats,
-    /// The DNS thread: a snapshot with servers given by host name should be
-    /// passed to `resolve_new` before it is installed.
-    pub resolver: ResolverHandle,
+    /// `fulcrum_config_reloads_total`: [ok, error].
+    pub reloads: [AtomicU64; 2],
+    /// Bumped after every snapshot swap, so that background tasks (health
+    /// checks, DNS re-resolution) follow the servers of the current snapshot.
+    pub generation: watch::Sender<u64>,
+}
+
+impl Shared {
+    /// Installs a new snapshot and tells the background tasks.
+    pub(crate) fn install(&self, snapshot: Snapshot) {
+        self.snapshot.store(Arc::new(snapshot));
+        self.generation.send_modify(|g| *g += 1);
+    }
 }
 
 /// Counts live client connections so that shutdown can wait for them.
@@ -72,10 +86,9 @@ const STARTUP_DNS_WAIT: Duration = Duration::from_secs(5);
 
 /// A started balancer: listeners bound, workers running.
 pub struct Server {
-    shared: Arc<Shared>,
+    control: Arc<Control>,
     shutdown: watch::Sender<bool>,
-    workers: Vec<std::thread::JoinHandle<()>>,
-    addrs: Vec<(String, std::net::SocketAddr)>,
+    threads: Vec<std::thread::JoinHandle<()>>,
     grace: Duration,
 }
 
@@ -83,20 +96,9 @@ impl Server {
     /// Binds every listener and starts the workers. Fails without side
     /// effects left behind if any listener cannot be bound.
     pub fn start(config: Config) -> anyhow::Result<Server> {
-        let config = Arc::new(config);
+        let mut config = config;
         let workers = config.global.workers.max(1);
-        let mut bound = Vec::with_capacity(config.listeners.len());
-        for (i, l) in config.listeners.iter().enumerate() {
-            let (addr, sockets) = listener::bind(l.listen, workers)
-                .with_context(|| format!("cannot listen on {} (listener {})", l.listen, l.name))?;
-            bound.push(listener::BoundListener {
-                id: ListenerId(i),
-                name: l.name.clone(),
-                addr,
-                sockets,
-                slots: Arc::new(Semaphore::new(l.max_connections.min(Semaphore::MAX_PERMITS))),
-            });
-        }
+        config.global.workers = workers;
         let admin_socket = match config.global.admin_listen {
             Some(addr) => {
                 Some(std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr} (admin)"))?)
@@ -104,103 +106,85 @@ impl Server {
             None => None,
         };
         let grace = config.global.shutdown_grace;
-        let listener_stats = bound
-            .iter()
-            .map(|b| (b.name.clone(), Arc::new(ListenerStats::default())))
-            .collect();
-        let (resolver, dns_inbox) = resolver::channel();
-        let shared = Arc::new(Shared {
-            snapshot: ArcSwap::from_pointee(Snapshot::build(config)),
-            listener_stats,
-            unrouted: UnroutedStats::default(),
-            resolver,
-        });
         let (shutdown, _) = watch::channel(false);
-        let dns_thread =
-            resolver::start(shared.clone(), dns_inbox, shutdown.subscribe()).context("cannot start the DNS thread")?;
+        let (commands, receivers): (Vec<_>, Vec<_>) = (0..workers).map(|_| mpsc::unbounded_channel()).unzip();
+        let (control, shared) = Control::start(config, commands)?;
+
+        let mut threads = Vec::with_capacity(workers + 3);
+        let (dns_thread, first_round) = crate::upstream::resolver::start(shared.clone(), shutdown.subscribe())
+            .context("cannot start the DNS thread")?;
+        threads.push(dns_thread);
         // As HAProxy's `init-addr last,libc,none`: a name that does not
         // resolve in time leaves its server down, not the balancer.
-        let resolved = shared
-            .resolver
-            .resolve_new(&shared.snapshot.load().upstreams)
-            .wait(STARTUP_DNS_WAIT);
-        if !resolved {
+        if !first_round.wait(STARTUP_DNS_WAIT) {
             tracing::warn!(waited = ?STARTUP_DNS_WAIT, "DNS still resolving; starting with those servers down");
         }
-        let addrs = bound.iter().map(|b| (b.name.clone(), b.addr)).collect();
-        let health_checker = {
-            let snapshot = shared.snapshot.load();
-            let checks: Vec<_> = snapshot
-                .config
-                .upstreams
-                .iter()
-                .map(|u| u.health_check.clone())
-                .collect();
-            crate::upstream::checker::start(&snapshot.upstreams, &checks, shutdown.subscribe())
-                .context("cannot start the health-check thread")?
-        };
 
-        let mut per_worker: Vec<Vec<(ListenerId, std::net::TcpListener, Arc<Semaphore>)>> =
-            (0..workers).map(|_| Vec::new()).collect();
-        for b in bound {
-            tracing::info!(listener = %b.name, addr = %b.addr, "listening");
-            for (w, socket) in b.sockets.into_iter().enumerate() {
-                per_worker[w].push((b.id, socket, b.slots.clone()));
-            }
-        }
-        let mut handles = Vec::with_capacity(workers);
-        for (index, sockets) in per_worker.into_iter().enumerate() {
+        for (index, commands) in receivers.into_iter().enumerate() {
             let shared = shared.clone();
             let rx = shutdown.subscribe();
             let handle = std::thread::Builder::new()
                 .name(format!("fulcrum-worker-{index}"))
-                .spawn(move || run_worker(index, sockets, shared, rx, grace))
+                .spawn(move || run_worker(index, commands, shared, rx, grace))
                 .context("cannot start a worker thread")?;
-            handles.push(handle);
+            threads.push(handle);
         }
-        handles.extend(health_checker);
-        handles.push(dns_thread);
+        threads.push(
+            crate::upstream::checker::start(shared.clone(), shutdown.subscribe())
+                .context("cannot start the health-check thread")?,
+        );
         if let Some(socket) = admin_socket {
             let addr = socket.local_addr().context("cannot read the admin address")?;
-            let handle = crate::admin::start(socket, shared.clone(), shutdown.subscribe())
+            let handle = crate::admin::start(socket, control.clone(), shutdown.subscribe())
                 .context("cannot start the admin thread")?;
-            handles.push(handle);
+            threads.push(handle);
             tracing::info!(listener = "admin", %addr, "listening");
         }
         tracing::info!(workers, "ready");
         Ok(Server {
-            shared,
+            control,
             shutdown,
-            workers: handles,
-            addrs,
+            threads,
             grace,
         })
     }
 
     /// The bound address of each listener, by name, in config order.
-    pub fn addrs(&self) -> &[(String, std::net::SocketAddr)] {
-        &self.addrs
+    pub fn addrs(&self) -> Vec<(String, std::net::SocketAddr)> {
+        self.control.addrs()
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
+        self.control.shared()
+    }
+
+    /// Reloads and admin changes go through here.
+    pub fn control(&self) -> &Arc<Control> {
+        &self.control
     }
 
     /// Stops accepting, lets in-flight requests finish (up to
     /// `shutdown_grace`), and returns when every worker has stopped.
     pub fn shutdown(self) {
+        self.control.stop_listeners();
         let _ = self.shutdown.send(true);
         tracing::info!(grace = ?self.grace, "shutting down");
-        for handle in self.workers {
+        for handle in self.threads {
             let _ = handle.join();
         }
         tracing::info!("stopped");
     }
 }
 
+/// What the control side asks of a worker.
+pub(crate) enum WorkerCommand {
+    /// Start accepting on this worker's socket of a (new) listener.
+    Listen(listener::WorkerListener),
+}
+
 fn run_worker(
     index: usize,
-    sockets: Vec<(ListenerId, std::net::TcpListener, Arc<Semaphore>)>,
+    mut commands: mpsc::UnboundedReceiver<WorkerCommand>,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
@@ -215,19 +199,19 @@ fn run_worker(
     };
     let tracker = Arc::new(ConnTracker::default());
     runtime.block_on(async {
-        for (id, socket, slots) in sockets {
-            tokio::spawn(listener::accept_loop(
-                socket,
-                id,
-                slots,
-                shared.clone(),
-                tracker.clone(),
-                shutdown.clone(),
-            ));
-        }
-        while !*shutdown.borrow_and_update() {
-            if shutdown.changed().await.is_err() {
-                break;
+        loop {
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(WorkerCommand::Listen(l)) => {
+                        tokio::spawn(listener::accept_loop(l, shared.clone(), tracker.clone()));
+                    }
+                    None => break,
+                },
+                changed = shutdown.changed() => {
+                    if changed.is_err() || *shutdown.borrow_and_update() {
+                        break;
+                    }
+                }
             }
         }
         if tokio::time::timeout(grace, tracker.all_closed()).await.is_err() {

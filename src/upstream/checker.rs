@@ -4,6 +4,7 @@
 //! servers are not all probed in the same millisecond. Only verdict changes
 //! are logged.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,8 +13,9 @@ use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 
-use super::{ServerState, UpstreamPool};
+use super::ServerState;
 use crate::config::HealthCheck;
+use crate::server::{Shared, Snapshot};
 
 /// One server to watch.
 struct Target {
@@ -24,30 +26,15 @@ struct Target {
     offset: Duration,
 }
 
-/// Starts the checker thread if any upstream has a `health_check`; it stops
-/// when `shutdown` turns true.
-pub fn start(
-    upstreams: &[UpstreamPool],
-    checks: &[Option<HealthCheck>],
-    shutdown: watch::Receiver<bool>,
-) -> std::io::Result<Option<std::thread::JoinHandle<()>>> {
-    let mut targets = Vec::new();
-    for (upstream, check) in upstreams.iter().zip(checks) {
-        let Some(check) = check else { continue };
-        let n = upstream.servers.len() as u32;
-        for (i, server) in upstream.servers.iter().enumerate() {
-            targets.push(Target {
-                upstream: upstream.name.clone(),
-                server: server.clone(),
-                check: check.clone(),
-                offset: check.interval * i as u32 / n.max(1),
-            });
-        }
-    }
-    if targets.is_empty() {
-        return Ok(None);
-    }
-    let handle = std::thread::Builder::new()
+/// What identifies a running watch: the server (by identity, so that a
+/// server carried over by a reload keeps its watch) and the check settings.
+type WatchKey = (usize, String, HealthCheck);
+
+/// Starts the checker thread. It watches the servers of the current
+/// snapshot and follows every swap: servers that appear get a watch, those
+/// that leave lose theirs. It stops when `shutdown` turns true.
+pub fn start(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
         .name("fulcrum-health".into())
         .spawn(move || {
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -58,16 +45,65 @@ pub fn start(
                 }
             };
             runtime.block_on(async move {
-                let tasks: Vec<_> = targets
-                    .into_iter()
-                    .map(|t| tokio::spawn(watch_server(t, shutdown.clone())))
-                    .collect();
-                for task in tasks {
+                let mut generation = shared.generation.subscribe();
+                let mut watches: HashMap<WatchKey, tokio::task::JoinHandle<()>> = HashMap::new();
+                loop {
+                    generation.borrow_and_update();
+                    reconcile(&shared.snapshot.load(), &mut watches, &shutdown);
+                    tokio::select! {
+                        changed = generation.changed() => if changed.is_err() { break },
+                        _ = shutdown.changed() => break,
+                    }
+                }
+                for (_, task) in watches.drain() {
                     let _ = task.await;
                 }
             });
-        })?;
-    Ok(Some(handle))
+        })
+}
+
+/// Starts and stops watches so that exactly the servers of `upstreams` with
+/// a `health_check` are watched.
+fn reconcile(
+    snapshot: &Snapshot,
+    watches: &mut HashMap<WatchKey, tokio::task::JoinHandle<()>>,
+    shutdown: &watch::Receiver<bool>,
+) {
+    let mut wanted: HashMap<WatchKey, Target> = HashMap::new();
+    for (upstream, config) in snapshot.upstreams.iter().zip(&snapshot.config.upstreams) {
+        let Some(check) = &config.health_check else {
+            // Checks turned off: nothing holds the server out any more.
+            for server in &upstream.servers {
+                server.set_checked_up(true, &upstream.name);
+            }
+            continue;
+        };
+        let n = upstream.servers.len() as u32;
+        for (i, server) in upstream.servers.iter().enumerate() {
+            let key = (Arc::as_ptr(server) as usize, upstream.name.clone(), check.clone());
+            wanted.insert(
+                key,
+                Target {
+                    upstream: upstream.name.clone(),
+                    server: server.clone(),
+                    check: check.clone(),
+                    offset: check.interval * i as u32 / n.max(1),
+                },
+            );
+        }
+    }
+    watches.retain(|key, task| {
+        let keep = wanted.contains_key(key);
+        if !keep {
+            task.abort();
+        }
+        keep
+    });
+    for (key, target) in wanted {
+        watches
+            .entry(key)
+            .or_insert_with(|| tokio::spawn(watch_server(target, shutdown.clone())));
+    }
 }
 
 async fn watch_server(target: Target, mut shutdown: watch::Receiver<bool>) {

@@ -18,8 +18,8 @@ pub fn now_ms() -> u64 {
 /// server out for `fail_timeout`; after that it gets traffic again.
 #[derive(Debug)]
 pub struct PassiveHealth {
-    max_fails: u32,
-    fail_timeout_ms: u64,
+    max_fails: AtomicU32,
+    fail_timeout_ms: AtomicU64,
     fails: AtomicU32,
     down_until_ms: AtomicU64,
 }
@@ -28,10 +28,25 @@ impl PassiveHealth {
     /// `max_fails = 0` turns passive checks off.
     pub fn new(max_fails: u32, fail_timeout: Duration) -> Self {
         PassiveHealth {
-            max_fails,
-            fail_timeout_ms: fail_timeout.as_millis() as u64,
+            max_fails: AtomicU32::new(max_fails),
+            fail_timeout_ms: AtomicU64::new(fail_timeout.as_millis() as u64),
             fails: AtomicU32::new(0),
             down_until_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// New settings from a reload; the failure count and verdict stay.
+    pub fn reconfigure(&self, max_fails: u32, fail_timeout: Duration) {
+        self.max_fails.store(max_fails, Ordering::Relaxed);
+        self.fail_timeout_ms
+            .store(fail_timeout.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Forgets failures and brings the server back now.
+    pub fn reset(&self) {
+        self.fails.store(0, Ordering::Relaxed);
+        if self.down_until_ms.load(Ordering::Relaxed) > now_ms() {
+            self.down_until_ms.store(now_ms(), Ordering::Relaxed);
         }
     }
 
@@ -46,14 +61,15 @@ impl PassiveHealth {
 
     /// Counts a failure; true when it took the server down.
     pub fn record_failure(&self, now_ms: u64) -> bool {
-        if self.max_fails == 0 {
+        let max_fails = self.max_fails.load(Ordering::Relaxed);
+        if max_fails == 0 {
             return false;
         }
         let fails = self.fails.fetch_add(1, Ordering::Relaxed) + 1;
-        if fails >= self.max_fails && self.is_up(now_ms) {
+        if fails >= max_fails && self.is_up(now_ms) {
             self.fails.store(0, Ordering::Relaxed);
-            self.down_until_ms
-                .store(now_ms + self.fail_timeout_ms, Ordering::Relaxed);
+            let fail_timeout_ms = self.fail_timeout_ms.load(Ordering::Relaxed);
+            self.down_until_ms.store(now_ms + fail_timeout_ms, Ordering::Relaxed);
             return true;
         }
         false

@@ -10,7 +10,7 @@ pub mod resolver;
 
 pub use pool::{ConnectError, PooledConn};
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,9 +26,14 @@ use health::{PassiveHealth, PeakEwma};
 pub struct ServerState {
     /// `host:port` as configured; also its identity across reloads.
     pub address: String,
-    pub weight: u32,
-    pub backup: bool,
-    pub max_requests: Option<u32>,
+    // The settings below are atomics so that a reload or an admin call can
+    // change them in place while the server keeps its state.
+    weight: AtomicU32,
+    backup: AtomicBool,
+    /// 0: no limit.
+    max_requests: AtomicU32,
+    /// Taken out of rotation by the admin API (`drain`), until `enable`.
+    drained: AtomicBool,
     /// Requests currently being forwarded to this server.
     active: AtomicUsize,
     pub passive: PassiveHealth,
@@ -36,7 +41,7 @@ pub struct ServerState {
     checked_up: AtomicBool,
     /// When active checks last brought the server back (`u64::MAX`: never).
     checked_up_since_ms: AtomicU64,
-    slow_start_ms: u64,
+    slow_start_ms: AtomicU64,
     pub latency: PeakEwma,
     pub stats: ServerStats,
     /// Where connections go; a host name's addresses change at run time.
@@ -46,23 +51,17 @@ pub struct ServerState {
 
 impl ServerState {
     pub fn new(server: &config::Server, upstream: &config::Upstream, workers: usize) -> Self {
-        // As nginx does, a lone server is never marked down: there is nowhere
-        // else to send its traffic.
-        let max_fails = if upstream.servers.len() > 1 {
-            upstream.max_fails
-        } else {
-            0
-        };
         ServerState {
             address: server.address.clone(),
-            weight: server.weight,
-            backup: server.backup,
-            max_requests: server.max_requests,
+            weight: AtomicU32::new(server.weight),
+            backup: AtomicBool::new(server.backup),
+            max_requests: AtomicU32::new(server.max_requests.unwrap_or(0)),
+            drained: AtomicBool::new(false),
             active: AtomicUsize::new(0),
-            passive: PassiveHealth::new(max_fails, upstream.fail_timeout),
+            passive: PassiveHealth::new(lone_server_max_fails(upstream), upstream.fail_timeout),
             checked_up: AtomicBool::new(true),
             checked_up_since_ms: AtomicU64::new(u64::MAX),
-            slow_start_ms: upstream.slow_start.map_or(0, |d| d.as_millis() as u64),
+            slow_start_ms: AtomicU64::new(slow_start_ms(upstream)),
             latency: PeakEwma::default(),
             stats: ServerStats::default(),
             endpoints: Endpoints::new(&server.address),
@@ -75,13 +74,60 @@ impl ServerState {
         }
     }
 
+    /// Takes the settings of `server` (same address) from a new config,
+    /// keeping health, latency, counters and pooled connections.
+    pub fn reconfigure(&self, server: &config::Server, upstream: &config::Upstream) {
+        debug_assert_eq!(self.address, server.address);
+        self.weight.store(server.weight, Ordering::Relaxed);
+        self.backup.store(server.backup, Ordering::Relaxed);
+        self.max_requests
+            .store(server.max_requests.unwrap_or(0), Ordering::Relaxed);
+        self.slow_start_ms.store(slow_start_ms(upstream), Ordering::Relaxed);
+        self.passive
+            .reconfigure(lone_server_max_fails(upstream), upstream.fail_timeout);
+        self.pool.reconfigure(upstream.keepalive, upstream.keepalive_timeout);
+    }
+
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    pub fn backup(&self) -> bool {
+        self.backup.load(Ordering::Relaxed)
+    }
+
+    pub fn max_requests(&self) -> Option<u32> {
+        match self.max_requests.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(n),
+        }
+    }
+
+    pub fn drained(&self) -> bool {
+        self.drained.load(Ordering::Relaxed)
+    }
+
+    /// `drain` (true) or `enable` (false) from the admin API. Enabling also
+    /// forgets passive failures: an operator's word beats a stale verdict.
+    pub fn set_drained(&self, drained: bool) {
+        self.drained.store(drained, Ordering::Relaxed);
+        if !drained {
+            self.passive.reset();
+        }
+    }
+
     pub fn active_requests(&self) -> usize {
         self.active.load(Ordering::Relaxed)
     }
 
-    /// Up: healthy by the checks, and with an address (a host name that
-    /// never resolved has none).
+    /// Whether it may take new requests: not drained, and healthy.
     pub fn is_up(&self, now_ms: u64) -> bool {
+        !self.drained() && self.is_healthy(now_ms)
+    }
+
+    /// What the health checks (active and passive) say, drain aside; a host
+    /// name that never resolved has no address and counts as down.
+    pub fn is_healthy(&self, now_ms: u64) -> bool {
         self.checked_up.load(Ordering::Relaxed) && self.passive.is_up(now_ms) && self.endpoints.is_resolved()
     }
 
@@ -105,8 +151,9 @@ impl ServerState {
     /// The weight to balance with (scaled by `WEIGHT_SCALE`): during
     /// `slow_start` after the server came back, it ramps from a tenth to full.
     fn effective_weight(&self, now_ms: u64) -> u32 {
-        let full = self.weight.saturating_mul(WEIGHT_SCALE);
-        if self.slow_start_ms == 0 {
+        let full = self.weight().saturating_mul(WEIGHT_SCALE);
+        let slow_start_ms = self.slow_start_ms.load(Ordering::Relaxed);
+        if slow_start_ms == 0 {
             return full;
         }
         let back_since = self
@@ -120,15 +167,15 @@ impl ServerState {
             return full;
         }
         let elapsed = now_ms - back_since;
-        if elapsed >= self.slow_start_ms {
+        if elapsed >= slow_start_ms {
             return full;
         }
-        let ramped = u64::from(full) * elapsed / self.slow_start_ms;
+        let ramped = u64::from(full) * elapsed / slow_start_ms;
         (ramped as u32).max(full / 10).max(1)
     }
 
     fn at_capacity(&self) -> bool {
-        self.max_requests
+        self.max_requests()
             .is_some_and(|max| self.active_requests() >= max as usize)
     }
 
@@ -161,6 +208,20 @@ impl ServerState {
     pub async fn connect_fresh(self: &Arc<Self>, timeout: Duration) -> Result<PooledConn, ConnectError> {
         pool::ConnPool::open_fresh(self, timeout).await
     }
+}
+
+/// As nginx does, a lone server is never marked down: there is nowhere else
+/// to send its traffic.
+fn lone_server_max_fails(upstream: &config::Upstream) -> u32 {
+    if upstream.servers.len() > 1 {
+        upstream.max_fails
+    } else {
+        0
+    }
+}
+
+fn slow_start_ms(upstream: &config::Upstream) -> u64 {
+    upstream.slow_start.map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Counts one in-flight request on a server for as long as it lives.
@@ -209,15 +270,25 @@ pub struct UpstreamPool {
     /// address, the same on every instance with the same config.
     sticky_tokens: Vec<String>,
     balancers: Box<[worker::PerWorker<Mutex<Balancer>>]>,
-    pub retry_budget: RetryBudget,
+    pub retry_budget: Arc<RetryBudget>,
 }
 
 impl UpstreamPool {
-    pub fn new(upstream: &config::Upstream, workers: usize) -> Self {
+    /// Builds the run-time upstream for a config. With `previous` (the same
+    /// upstream in the config being replaced), servers with an address it
+    /// already had keep their state (health, latency, counters, pooled
+    /// connections) and take the new settings; so does the retry budget.
+    pub fn new(upstream: &config::Upstream, workers: usize, previous: Option<&UpstreamPool>) -> Self {
         let servers = upstream
             .servers
             .iter()
-            .map(|s| Arc::new(ServerState::new(s, upstream, workers)))
+            .map(|s| match previous.and_then(|p| p.server(&s.address)) {
+                Some(kept) => {
+                    kept.reconfigure(s, upstream);
+                    kept.clone()
+                }
+                None => Arc::new(ServerState::new(s, upstream, workers)),
+            })
             .collect::<Vec<_>>();
         let identities: Vec<(&str, u32)> = upstream
             .servers
@@ -230,6 +301,10 @@ impl UpstreamPool {
                 worker::PerWorker::new(Mutex::new(balancer))
             })
             .collect();
+        let retry_budget = match previous {
+            Some(p) if p.retry_budget.percent == upstream.retry_budget_percent => p.retry_budget.clone(),
+            _ => Arc::new(RetryBudget::new(upstream.retry_budget_percent)),
+        };
         UpstreamPool {
             name: upstream.name.clone(),
             kind: upstream.balance,
@@ -242,17 +317,22 @@ impl UpstreamPool {
                 .collect(),
             servers,
             balancers,
-            retry_budget: RetryBudget::new(upstream.retry_budget_percent),
+            retry_budget,
         }
+    }
+
+    /// The server with this address, if the upstream has it.
+    pub fn server(&self, address: &str) -> Option<&Arc<ServerState>> {
+        self.servers.iter().find(|s| s.address == address)
     }
 
     /// The server an affinity cookie names, if it can take the request now.
     pub fn sticky_server(&self, token: &[u8]) -> Option<usize> {
         let index = self.sticky_tokens.iter().position(|t| t.as_bytes() == token)?;
         let now = health::now_ms();
-        let primary_up = self.servers.iter().any(|s| !s.backup && s.is_up(now));
+        let primary_up = self.servers.iter().any(|s| !s.backup() && s.is_up(now));
         let s = &self.servers[index];
-        let in_tier = if primary_up { !s.backup } else { s.backup };
+        let in_tier = if primary_up { !s.backup() } else { s.backup() };
         (in_tier && s.is_up(now) && !s.at_capacity()).then_some(index)
     }
 
@@ -265,7 +345,7 @@ impl UpstreamPool {
     /// when none is. `tried` lists servers this request already used.
     pub fn pick(&self, key: Option<u64>, tried: &[usize]) -> Result<(usize, &Arc<ServerState>), NoServer> {
         let now = health::now_ms();
-        let primary_up = self.servers.iter().any(|s| !s.backup && s.is_up(now));
+        let primary_up = self.servers.iter().any(|s| !s.backup() && s.is_up(now));
         let mut on_stack = [Candidate {
             weight: 1,
             eligible: false,
@@ -281,7 +361,7 @@ impl UpstreamPool {
         };
         let mut any_up_untried = false;
         for (i, (c, s)) in candidates.iter_mut().zip(&self.servers).enumerate() {
-            let in_tier = if primary_up { !s.backup } else { s.backup };
+            let in_tier = if primary_up { !s.backup() } else { s.backup() };
             let usable = in_tier && s.is_up(now) && !tried.contains(&i);
             any_up_untried |= usable;
             *c = Candidate {
@@ -315,6 +395,7 @@ pub struct RetryBudget {
     balance_milli: AtomicI64,
     /// What each request adds: `percent` × 10 thousandths.
     deposit_milli: i64,
+    percent: u32,
 }
 
 impl RetryBudget {
@@ -325,6 +406,7 @@ impl RetryBudget {
         RetryBudget {
             balance_milli: AtomicI64::new(Self::RESERVE_MILLI),
             deposit_milli: i64::from(percent) * 10,
+            percent,
         }
     }
 

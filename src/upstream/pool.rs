@@ -3,6 +3,7 @@
 //! resolver thread takes it only when a host name's addresses change).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -44,8 +45,8 @@ struct Idle {
 #[derive(Debug)]
 pub(super) struct ConnPool {
     address: String,
-    max_idle: usize,
-    idle_timeout: Duration,
+    max_idle: AtomicUsize,
+    idle_timeout_ms: AtomicU64,
     idle: Box<[PerWorker<Mutex<Vec<Idle>>>]>,
 }
 
@@ -53,12 +54,19 @@ impl ConnPool {
     pub(super) fn new(address: String, max_idle: usize, idle_timeout: Duration, workers: usize) -> Self {
         ConnPool {
             address,
-            max_idle,
-            idle_timeout,
+            max_idle: AtomicUsize::new(max_idle),
+            idle_timeout_ms: AtomicU64::new(idle_timeout.as_millis() as u64),
             idle: (0..workers.max(1))
                 .map(|_| PerWorker::new(Mutex::new(Vec::new())))
                 .collect(),
         }
+    }
+
+    /// New `keepalive` settings from a reload; idle connections stay.
+    pub(super) fn reconfigure(&self, max_idle: usize, idle_timeout: Duration) {
+        self.max_idle.store(max_idle, Ordering::Relaxed);
+        self.idle_timeout_ms
+            .store(idle_timeout.as_millis() as u64, Ordering::Relaxed);
     }
 
     fn slot(&self) -> &Mutex<Vec<Idle>> {
@@ -72,8 +80,9 @@ impl ConnPool {
         let mut idle = self.slot().lock().unwrap_or_else(|e| e.into_inner());
         // Newest first: the warmest connection is the least likely to have
         // been closed by the server.
+        let idle_timeout = Duration::from_millis(self.idle_timeout_ms.load(Ordering::Relaxed));
         while let Some(conn) = idle.pop() {
-            let usable = conn.since.elapsed() < self.idle_timeout && !conn.sender.is_closed();
+            let usable = conn.since.elapsed() < idle_timeout && !conn.sender.is_closed();
             if usable && (conn.generation == current || endpoints.contains(conn.peer)) {
                 return Some(Idle {
                     generation: current,
@@ -143,7 +152,8 @@ impl ConnPool {
     }
 
     fn put_back(&self, sender: SendRequest<RequestBody>, peer: SocketAddr, generation: u64, endpoints: &Endpoints) {
-        if sender.is_closed() || self.max_idle == 0 {
+        let max_idle = self.max_idle.load(Ordering::Relaxed);
+        if sender.is_closed() || max_idle == 0 {
             return;
         }
         let mut idle = self.slot().lock().unwrap_or_else(|e| e.into_inner());
@@ -154,7 +164,7 @@ impl ConnPool {
         if current != generation && !endpoints.contains(peer) {
             return;
         }
-        if idle.len() >= self.max_idle {
+        while idle.len() >= max_idle {
             // Keep the newest; the oldest is the closest to its idle timeout.
             idle.remove(0);
         }

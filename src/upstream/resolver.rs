@@ -5,10 +5,11 @@
 //! `Endpoints` and its idle connections to addresses that went away are
 //! closed. A failed resolution keeps the last good addresses.
 //!
-//! The thread re-reads the current snapshot at least once a second, so
-//! servers added by a reload or the admin API are found without being
-//! registered; [`ResolverHandle::resolve_new`] resolves them at once, for
-//! whoever wants them usable before a snapshot goes live (start-up, reload).
+//! The thread follows the current snapshot (woken by every swap, through
+//! `Shared::generation`), so servers added by a reload or the admin API are
+//! resolved as soon as they appear, without being registered; until their
+//! first answer they count as down. State lives in each server's
+//! `Endpoints`, which a reload carries over with the server.
 //!
 //! Lookups go to `global.resolver` when set, else to the system's DNS
 //! configuration (`/etc/resolv.conf`, `/etc/hosts`) through hickory, which
@@ -22,16 +23,14 @@ use std::time::{Duration, Instant};
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use super::ServerState;
 use super::endpoint::Outcome;
 use super::health::now_ms;
-use super::{ServerState, UpstreamPool};
 use crate::server::Shared;
 
-/// How often the snapshot is re-read for servers that are new.
-const SCAN_INTERVAL: Duration = Duration::from_secs(1);
 /// Never ask for the same name more often than this.
 const MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// While a lookup runs its name is not due; this outlasts any lookup.
@@ -40,70 +39,32 @@ const LOOKUP_BUDGET: Duration = Duration::from_secs(60);
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 const QUERY_ATTEMPTS: usize = 2;
 
-/// Asks the resolver thread for work. Cheap to clone.
-#[derive(Debug, Clone)]
-pub struct ResolverHandle {
-    requests: mpsc::UnboundedSender<Request>,
-}
-
-/// The receiving end, handed to [`start`].
+/// Signalled when the first round of lookups at start has ended, whatever
+/// the answers.
 #[derive(Debug)]
-pub struct Inbox(mpsc::UnboundedReceiver<Request>);
+pub struct FirstRound(std::sync::mpsc::Receiver<()>);
 
-#[derive(Debug)]
-struct Request {
-    servers: Vec<(String, Arc<ServerState>)>,
-    done: std::sync::mpsc::Sender<()>,
-}
-
-/// A handle and the inbox for the thread that [`start`] runs.
-pub fn channel() -> (ResolverHandle, Inbox) {
-    let (requests, inbox) = mpsc::unbounded_channel();
-    (ResolverHandle { requests }, Inbox(inbox))
-}
-
-impl ResolverHandle {
-    /// Resolves now every server of `upstreams` whose host name has never
-    /// resolved (IP literals and resolved names cost nothing). Wait on the
-    /// result to have them usable before the snapshot holding them goes live.
-    pub fn resolve_new(&self, upstreams: &[UpstreamPool]) -> Pending {
-        let servers: Vec<_> = upstreams
-            .iter()
-            .flat_map(|u| u.servers.iter().map(move |s| (u.name.clone(), s.clone())))
-            .filter(|(_, s)| s.endpoints.named().is_some() && !s.endpoints.is_resolved())
-            .collect();
-        if servers.is_empty() {
-            return Pending(None);
-        }
-        let (done, waiter) = std::sync::mpsc::channel();
-        // A thread that is gone leaves the waiter disconnected: `wait` returns.
-        let _ = self.requests.send(Request { servers, done });
-        Pending(Some(waiter))
-    }
-}
-
-/// The answer to [`ResolverHandle::resolve_new`].
-#[derive(Debug)]
-pub struct Pending(Option<std::sync::mpsc::Receiver<()>>);
-
-impl Pending {
-    /// Blocks until every name had its first try (whatever the result) or
-    /// `timeout` passes; true in the first case.
+impl FirstRound {
+    /// Blocks until every host name of the first snapshot had its first try
+    /// or `timeout` passes; true in the first case.
     pub fn wait(self, timeout: Duration) -> bool {
-        match self.0 {
-            None => true,
-            Some(waiter) => waiter.recv_timeout(timeout).is_ok(),
+        match self.0.recv_timeout(timeout) {
+            Ok(()) => true,
+            // The thread is gone: nothing left to wait for.
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => true,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => false,
         }
     }
 }
 
-/// Starts the resolver thread; it stops when `shutdown` turns true.
+/// Starts the resolver thread; it stops when `shutdown` turns true. With no
+/// host name in any snapshot it only wakes on snapshot swaps.
 pub fn start(
     shared: Arc<Shared>,
-    inbox: Inbox,
     shutdown: watch::Receiver<bool>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new().name("fulcrum-dns".into()).spawn(move || {
+) -> std::io::Result<(std::thread::JoinHandle<()>, FirstRound)> {
+    let (first_done, first_round) = std::sync::mpsc::channel();
+    let thread = std::thread::Builder::new().name("fulcrum-dns".into()).spawn(move || {
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(rt) => rt,
             Err(error) => {
@@ -111,55 +72,29 @@ pub fn start(
                 return;
             }
         };
-        runtime.block_on(run(shared, inbox.0, shutdown));
+        runtime.block_on(run(shared, first_done, shutdown));
         // A getaddrinfo call still blocking must not hold up the exit.
         runtime.shutdown_background();
-    })
+    })?;
+    Ok((thread, FirstRound(first_round)))
 }
 
-async fn run(shared: Arc<Shared>, mut requests: mpsc::UnboundedReceiver<Request>, mut shutdown: watch::Receiver<bool>) {
+async fn run(shared: Arc<Shared>, first_done: std::sync::mpsc::Sender<()>, mut shutdown: watch::Receiver<bool>) {
     let mut lookups = Lookups::default();
+    let mut generation = shared.generation.subscribe();
     let mut tasks = JoinSet::new();
+    generation.borrow_and_update();
+    let (first, mut wake_at) = due_lookups(&shared, &mut lookups);
+    tasks.spawn(async move {
+        futures_util::future::join_all(first).await;
+        let _ = first_done.send(());
+    });
     loop {
-        let snapshot = shared.snapshot.load_full();
-        let (resolver, refresh) = (snapshot.config.global.resolver, snapshot.config.global.dns_refresh);
-        let now = now_ms();
-        let mut wake_at = now + SCAN_INTERVAL.as_millis() as u64;
-        for upstream in &snapshot.upstreams {
-            for server in &upstream.servers {
-                let Some(named) = server.endpoints.named() else {
-                    continue;
-                };
-                let due = named.next_due_ms();
-                if due > now {
-                    wake_at = wake_at.min(due);
-                    continue;
-                }
-                named.set_next_due_ms(now + LOOKUP_BUDGET.as_millis() as u64);
-                let lookup = lookups.get(resolver);
-                tasks.spawn(refresh_server(upstream.name.clone(), server.clone(), lookup, refresh));
-            }
-        }
-        // Not kept while waiting: a replaced snapshot is freed at once.
-        drop(snapshot);
+        let sleep_ms = wake_at.saturating_sub(now_ms());
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(wake_at - now)) => {}
-            Some(request) = requests.recv() => {
-                let lookup = lookups.get(resolver);
-                let busy_until = now_ms() + LOOKUP_BUDGET.as_millis() as u64;
-                for (_, server) in &request.servers {
-                    if let Some(named) = server.endpoints.named() {
-                        named.set_next_due_ms(busy_until);
-                    }
-                }
-                tasks.spawn(async move {
-                    let each = request.servers.into_iter().map(|(upstream, server)| {
-                        refresh_server(upstream, server, lookup.clone(), refresh)
-                    });
-                    futures_util::future::join_all(each).await;
-                    let _ = request.done.send(());
-                });
-            }
+            _ = tokio::time::sleep(Duration::from_millis(sleep_ms)) => {}
+            changed = generation.changed() => if changed.is_err() { return },
+            // A finished lookup has set when its name is due again.
             Some(_) = tasks.join_next() => {}
             changed = shutdown.changed() => {
                 if changed.is_err() || *shutdown.borrow() {
@@ -167,7 +102,49 @@ async fn run(shared: Arc<Shared>, mut requests: mpsc::UnboundedReceiver<Request>
                 }
             }
         }
+        generation.borrow_and_update();
+        let (due, next) = due_lookups(&shared, &mut lookups);
+        for lookup in due {
+            tasks.spawn(lookup);
+        }
+        wake_at = next;
     }
+}
+
+/// The lookups of the current snapshot's host names that are due (each
+/// marked as running), and when the next one falls due (`health::now_ms`
+/// time; `u64::MAX`-ish when there is no host name at all).
+fn due_lookups(
+    shared: &Shared,
+    lookups: &mut Lookups,
+) -> (Vec<impl std::future::Future<Output = ()> + Send + 'static>, u64) {
+    let snapshot = shared.snapshot.load();
+    let global = &snapshot.config.global;
+    let now = now_ms();
+    // Far, but not so far that adding it to `now` could overflow.
+    let mut wake_at = now + Duration::from_secs(3600).as_millis() as u64;
+    let mut due = Vec::new();
+    for upstream in &snapshot.upstreams {
+        for server in &upstream.servers {
+            let Some(named) = server.endpoints.named() else {
+                continue;
+            };
+            let at = named.next_due_ms();
+            if at > now {
+                wake_at = wake_at.min(at);
+                continue;
+            }
+            named.set_next_due_ms(now + LOOKUP_BUDGET.as_millis() as u64);
+            let lookup = lookups.get(global.resolver);
+            due.push(refresh_server(
+                upstream.name.clone(),
+                server.clone(),
+                lookup,
+                global.dns_refresh,
+            ));
+        }
+    }
+    (due, wake_at)
 }
 
 /// One lookup of a server's host name, applied to its endpoints and logged.

@@ -161,8 +161,7 @@ fn resolve<T: Copy>(
     id
 }
 
-/// Exactly one of `upstream`, `split` and `respond`. `split` is refused as
-/// not built yet, so it yields no action, but its references are checked.
+/// Exactly one of `upstream`, `split` and `respond`.
 fn action(r: &RouteSpec, span: &Option<std::ops::Range<usize>>, ids: &Ids, sink: &mut Sink) -> Option<RouteAction> {
     let given = [r.upstream.is_some(), r.split.is_some(), r.respond.is_some()];
     match given.iter().filter(|g| **g).count() {
@@ -183,8 +182,7 @@ fn action(r: &RouteSpec, span: &Option<std::ops::Range<usize>>, ids: &Ids, sink:
         return resolve(upstream, &ids.upstreams, &ids.names.upstreams, "upstream", sink).map(RouteAction::Upstream);
     }
     if let Some(split) = &r.split {
-        check_split(split, ids, sink);
-        return None;
+        return check_split(split, ids, sink).map(RouteAction::Split);
     }
     let respond = r.respond.as_ref()?.get_ref();
     let status = *respond.status.get_ref();
@@ -200,16 +198,36 @@ fn action(r: &RouteSpec, span: &Option<std::ops::Range<usize>>, ids: &Ids, sink:
     }
 }
 
-fn check_split(split: &Spanned<Vec<SplitSpec>>, ids: &Ids, sink: &mut Sink) {
+/// Every upstream named once, known; weights may be 0 (a canary switched
+/// off) but not all of them.
+fn check_split(split: &Spanned<Vec<SplitSpec>>, ids: &Ids, sink: &mut Sink) -> Option<Vec<SplitTarget>> {
     if split.get_ref().is_empty() {
         sink.error(Some(split.span()), "split needs at least one upstream");
+        return None;
     }
+    let mut targets = Vec::new();
+    let mut ok = true;
     for s in split.get_ref() {
-        resolve(&s.upstream, &ids.upstreams, &ids.names.upstreams, "upstream", sink);
-        if *s.weight.get_ref() == 0 {
-            sink.error(Some(s.weight.span()), "split weights must be at least 1");
+        match resolve(&s.upstream, &ids.upstreams, &ids.names.upstreams, "upstream", sink) {
+            Some(id) if targets.iter().any(|t: &SplitTarget| t.upstream == id) => {
+                sink.error(
+                    Some(s.upstream.span()),
+                    format!("upstream `{}` appears twice in the split", s.upstream.get_ref()),
+                );
+                ok = false;
+            }
+            Some(id) => targets.push(SplitTarget {
+                upstream: id,
+                weight: *s.weight.get_ref(),
+            }),
+            None => ok = false,
         }
     }
+    if ok && targets.iter().all(|t| t.weight == 0) {
+        sink.error(Some(split.span()), "at least one split weight must be above 0");
+        return None;
+    }
+    ok.then_some(targets)
 }
 
 fn edits(spec: Option<&HeaderEditsSpec>) -> HeaderEdits {
