@@ -113,7 +113,7 @@ async fn run(shared: Arc<Shared>, first_done: std::sync::mpsc::Sender<()>, mut s
 
 /// The lookups of the current snapshot's host names that are due (each
 /// marked as running), and when the next one falls due (`health::now_ms`
-/// time; `u64::MAX`-ish when there is no host name at all).
+/// time; an hour on when no host name is waiting, as swaps wake the thread).
 fn due_lookups(
     shared: &Shared,
     lookups: &mut Lookups,
