@@ -191,7 +191,8 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
     });
     let conn = http1::Builder::new()
         .keep_alive(true)
-        .serve_connection(TokioIo::new(stream), service);
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
     tokio::select! {
         _ = conn => {}
         // Dropping the connection mid-request is the point: a stopped
@@ -264,10 +265,69 @@ async fn answer(shared: &Shared, req: Request<Incoming>) -> Response<ReplyBody> 
             Err(_) => bad_request("bytes must be a non-negative number"),
         },
         (_, ["echo"]) => echo(shared, req).await,
+        (&Method::GET, ["ws"]) => websocket(shared, req),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     };
     reply.headers_mut().insert("x-backend", shared.x_backend.clone());
     reply
+}
+
+/// `GET /ws`: accepts the WebSocket handshake and echoes every text or
+/// binary message back prefixed with `NAME:`, until either side closes.
+fn websocket(shared: &Shared, mut req: Request<Incoming>) -> Response<ReplyBody> {
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    let headers = req.headers();
+    let is_websocket = headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).filter(|_| is_websocket) else {
+        return bad_request("/ws needs a WebSocket handshake (Upgrade: websocket, Sec-WebSocket-Key)");
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let upgrade = hyper::upgrade::on(&mut req);
+    let name = shared.name.clone();
+    let mut stopped = shared.stopped.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = echo_messages(upgrade, name) => {}
+            // A stopped backend cuts its WebSockets too.
+            _ = stopped.wait_for(|s| *s) => {}
+        }
+    });
+    let mut reply = Response::new(ReplyBody::Full(None));
+    *reply.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = reply.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(accept) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    reply
+}
+
+async fn echo_messages(upgrade: hyper::upgrade::OnUpgrade, name: String) {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::{Message, protocol::Role};
+    let Ok(upgraded) = upgrade.await else { return };
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+    while let Some(Ok(message)) = ws.next().await {
+        let reply = match message {
+            Message::Text(text) => Message::text(format!("{name}:{}", text.as_str())),
+            Message::Binary(data) => {
+                let mut out = Vec::with_capacity(name.len() + 1 + data.len());
+                out.extend_from_slice(name.as_bytes());
+                out.push(b':');
+                out.extend_from_slice(&data);
+                Message::binary(out)
+            }
+            // Pings are answered and closes completed by the stream itself.
+            _ => continue,
+        };
+        if ws.send(reply).await.is_err() {
+            return;
+        }
+    }
 }
 
 fn status_reply(code: u16, name: &str) -> Response<ReplyBody> {

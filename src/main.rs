@@ -89,6 +89,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
 
 /// Starts the balancer and blocks until it has shut down after a signal.
 fn serve(cfg: Config, runtime: tokio::runtime::Runtime) -> anyhow::Result<()> {
+    raise_open_files_limit();
     let server = Server::start(cfg)?;
     runtime.block_on(wait_for_shutdown_signal(&server))?;
     drain(server, &runtime);
@@ -104,6 +105,16 @@ fn drain(server: Server, runtime: &tokio::runtime::Runtime) {
         }
     });
     let _ = runtime.block_on(async move { tokio::task::spawn_blocking(move || server.shutdown()).await });
+}
+
+/// Every client connection, upstream connection and tunnel is a descriptor:
+/// like HAProxy, lift the soft limit to the hard one instead of failing
+/// accepts at the usual 1024.
+fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open files limit"),
+        Err(error) => tracing::warn!(%error, "cannot raise the open files limit"),
+    }
 }
 
 fn control_runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -138,9 +138,7 @@ fn server_state(server: &crate::upstream::ServerState, now: u64) -> &'static str
 }
 
 fn metrics(shared: &Shared) -> Response<Full<Bytes>> {
-    let snapshot = shared.snapshot.load();
-    let listeners = shared.listener_stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let body = crate::observe::metrics::render(&snapshot, &listeners, &shared.unrouted, &shared.reloads);
+    let body = crate::observe::metrics::render(shared);
     let mut response = Response::new(Full::new(Bytes::from(body)));
     response.headers_mut().insert(
         header::CONTENT_TYPE,

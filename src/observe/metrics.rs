@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::server::Snapshot;
+use crate::server::Shared;
 use crate::upstream::health::now_ms;
 
 /// Upper bounds of the latency histogram, in seconds.
@@ -168,12 +168,10 @@ pub struct ListenerStats {
 }
 
 /// The whole exposition, in Prometheus text format.
-pub fn render(
-    snapshot: &Snapshot,
-    listeners: &[(String, std::sync::Arc<ListenerStats>)],
-    unrouted: &UnroutedStats,
-    reloads: &[AtomicU64; 2],
-) -> String {
+pub fn render(shared: &Shared) -> String {
+    let snapshot = shared.snapshot.load();
+    let listeners = shared.listener_stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let (unrouted, reloads) = (&shared.unrouted, &shared.reloads);
     let mut out = String::with_capacity(4096);
     let now = now_ms();
     let config = &snapshot.config;
@@ -311,7 +309,7 @@ pub fn render(
     out.push_str(
         "# HELP fulcrum_connections_active Open client connections.\n# TYPE fulcrum_connections_active gauge\n",
     );
-    for (name, stats) in listeners {
+    for (name, stats) in &listeners {
         let _ = writeln!(
             out,
             "fulcrum_connections_active{{listener=\"{name}\"}} {}",
@@ -321,7 +319,7 @@ pub fn render(
     out.push_str(
         "# HELP fulcrum_connections_total Accepted client connections.\n# TYPE fulcrum_connections_total counter\n",
     );
-    for (name, stats) in listeners {
+    for (name, stats) in &listeners {
         let _ = writeln!(
             out,
             "fulcrum_connections_total{{listener=\"{name}\"}} {}",
@@ -331,11 +329,31 @@ pub fn render(
     out.push_str(
         "# HELP fulcrum_connections_refused_total Connections closed at accept, by reason.\n# TYPE fulcrum_connections_refused_total counter\n",
     );
-    for (name, stats) in listeners {
+    for (name, stats) in &listeners {
         let _ = writeln!(
             out,
             "fulcrum_connections_refused_total{{listener=\"{name}\",reason=\"per_ip\"}} {}",
             stats.refused_per_ip.load(Ordering::Relaxed)
+        );
+    }
+    for (name, help, kind, value) in [
+        (
+            "fulcrum_tunnels_active",
+            "Open WebSocket/Upgrade tunnels.",
+            "gauge",
+            &shared.tunnels.active,
+        ),
+        (
+            "fulcrum_tunnels_total",
+            "WebSocket/Upgrade tunnels opened.",
+            "counter",
+            &shared.tunnels.total,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+            value.load(Ordering::Relaxed)
         );
     }
     out.push_str(

@@ -5,6 +5,7 @@ mod error;
 pub mod headers;
 mod key;
 mod split;
+pub mod tunnel;
 
 pub use error::ProxyError;
 
@@ -12,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{HeaderValue, Method, Request, Response, Uri, Version, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use http_body::Body as _;
 use hyper::body::Incoming;
 
@@ -23,26 +24,44 @@ use crate::router::{self, RouteId};
 use crate::server::{ListenerSlot, Shared, Snapshot};
 use crate::upstream::{ActiveGuard, ConnectError, NoServer, ServerState, UpstreamPool};
 
-/// What the proxy knows about the client side of a request.
-#[derive(Debug, Clone)]
+/// What the proxy knows about the client side of a request. One per client
+/// connection, shared by its requests and by a tunnel that outlives them.
 pub struct ClientInfo {
     /// The running listener the connection came in on.
     pub slot: ListenerSlot,
     pub peer: SocketAddr,
     /// The peer's IP as a header value, made once per connection.
     pub ip_header: HeaderValue,
+    /// What the connection holds while it lives (its `max_connections` slot,
+    /// its place in the shutdown count...): released when the last holder of
+    /// this info is gone, which for an upgraded connection is its tunnel.
+    _life: Box<dyn Send + Sync>,
 }
 
 impl ClientInfo {
-    pub fn new(slot: ListenerSlot, peer: SocketAddr) -> Self {
+    pub fn new(slot: ListenerSlot, peer: SocketAddr, life: Box<dyn Send + Sync>) -> Self {
         let ip_header = HeaderValue::from_maybe_shared(bytes::Bytes::from(peer.ip().to_string()))
             .unwrap_or(HeaderValue::from_static("unknown"));
-        ClientInfo { slot, peer, ip_header }
+        ClientInfo {
+            slot,
+            peer,
+            ip_header,
+            _life: life,
+        }
+    }
+}
+
+impl std::fmt::Debug for ClientInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientInfo")
+            .field("slot", &self.slot)
+            .field("peer", &self.peer)
+            .finish()
     }
 }
 
 /// Answers one client request.
-pub async fn handle(req: Request<Incoming>, client: &ClientInfo, shared: &Shared) -> Response<ResponseBody> {
+pub async fn handle(req: Request<Incoming>, client: &Arc<ClientInfo>, shared: &Shared) -> Response<ResponseBody> {
     let snapshot = shared.snapshot.load_full();
     let request_id = headers::request_id(req.headers());
     // A reload removed the listener after this connection was accepted: the
@@ -53,7 +72,17 @@ pub async fn handle(req: Request<Incoming>, client: &ClientInfo, shared: &Shared
     let listener = &snapshot.config.listeners[listener_id.0];
     let started = Instant::now();
     let mut meta = Meta::default();
-    let mut response = match forward(req, client, (listener_id, listener), &snapshot, &request_id, &mut meta).await {
+    let mut response = match forward(
+        req,
+        client,
+        (listener_id, listener),
+        shared,
+        &snapshot,
+        &request_id,
+        &mut meta,
+    )
+    .await
+    {
         Ok(response) => response,
         Err(error) => error.into_response(&request_id),
     };
@@ -79,8 +108,9 @@ struct Meta {
 
 async fn forward(
     req: Request<Incoming>,
-    client: &ClientInfo,
+    client: &Arc<ClientInfo>,
     (listener_id, listener): (ListenerId, &Listener),
+    shared: &Shared,
     snapshot: &Snapshot,
     request_id: &HeaderValue,
     meta: &mut Meta,
@@ -117,12 +147,39 @@ async fn forward(
         .and_then(|sticky| key::cookie(&req, &sticky.cookie))
         .and_then(|token| upstream.sticky_server(token));
     let idempotent = is_idempotent(req.method());
+    let mut req = req;
+    let upgrade = tunnel::requested(req.headers()).map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
     let (parts, body) = req.into_parts();
     let body = request_body(body, &parts.headers, listener, route, idempotent).await?;
-    let upstream_req = upstream_request(parts, body, client, route, request_id)?;
+    let mut upstream_req = upstream_request(parts, body, client, route, request_id)?;
+    if let Some((protocol, _)) = &upgrade {
+        tunnel::ask_upstream(upstream_req.headers_mut(), protocol.clone());
+    }
     let (mut response, server, index) =
         try_servers(upstream_req, upstream, route, key, pinned, idempotent, meta).await?;
+    let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let protocol = switched
+        .then(|| response.headers().get(header::UPGRADE).cloned())
+        .flatten();
     finish_response(&mut response, route, listener, &server);
+    if switched {
+        let upstream_side = response.extensions_mut().remove::<hyper::upgrade::OnUpgrade>();
+        match (upgrade, upstream_side) {
+            (Some((_, client_side)), Some(upstream_side)) => {
+                tunnel::answer_client(response.headers_mut(), protocol);
+                tunnel::spawn(
+                    client_side,
+                    upstream_side,
+                    server.clone(),
+                    client.clone(),
+                    shared.tunnels.clone(),
+                    route.read_timeout,
+                );
+            }
+            // A switch nobody asked for cannot be passed on.
+            _ => return Err(ProxyError::UpstreamFailed),
+        }
+    }
     if let Some(sticky) = &upstream.sticky
         && pinned != Some(index)
     {
@@ -369,12 +426,16 @@ async fn send(
     route: &Route,
 ) -> Result<Response<ResponseBody>, Failed> {
     let active = ActiveGuard::new(server.clone());
+    // Only an upgrade request still has `Upgrade` here (hop-by-hop).
+    let upgrading = req.headers().contains_key(header::UPGRADE);
     let mut req = req;
     // A pooled connection the server closed meanwhile hands the request back
     // unsent; that one retry on a fresh connection is always safe.
     let mut fresh_only = false;
     loop {
-        let connected = if fresh_only {
+        let connected = if upgrading {
+            server.connect_upgradable(route.connect_timeout).await
+        } else if fresh_only {
             server.connect_fresh(route.connect_timeout).await
         } else {
             server.connect(route.connect_timeout).await
@@ -396,6 +457,13 @@ async fn send(
                     error: ProxyError::UpstreamTimeout,
                     unsent: None,
                 });
+            }
+            Ok(Ok(mut response)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                // The connection now belongs to the tunnel, never the pool.
+                let switched = hyper::upgrade::on(&mut response);
+                let (mut parts, _) = response.into_parts();
+                parts.extensions.insert(switched);
+                return Ok(Response::from_parts(parts, ResponseBody::empty()));
             }
             Ok(Ok(response)) => {
                 let (parts, body) = response.into_parts();

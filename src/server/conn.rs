@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -43,12 +43,17 @@ pub(super) async fn serve(
     );
     let peer = client.peer;
     let client = Arc::new(client);
+    let service_activity = activity.clone();
     let service = hyper::service::service_fn(move |req| {
-        let guard = InFlight::enter(&activity);
+        let guard = InFlight::enter(&service_activity);
         let client = client.clone();
         let shared = shared.clone();
         async move {
             let response = proxy::handle(req, &client, &shared).await;
+            if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                // The socket becomes a tunnel with its own idle timeout.
+                guard.0.tunnel.store(true, Ordering::Release);
+            }
             Ok::<_, Infallible>(response.map(|inner| TrackedBody { inner, _guard: guard }))
         }
     });
@@ -57,7 +62,7 @@ pub(super) async fn serve(
         .keep_alive(true)
         .max_header_size(listener.max_header_bytes)
         .header_read_timeout(None);
-    let conn = builder.serve_connection(TokioIo::new(io), service);
+    let conn = builder.serve_connection(TokioIo::new(io), service).with_upgrades();
     tokio::pin!(conn);
     let mut draining = *shutdown.borrow();
     if draining {
@@ -90,6 +95,9 @@ struct Activity {
     /// A read that found the connection busy waits here to be told when the
     /// last response is done, so the keep-alive clock starts on time.
     idle_waiter: AtomicWaker,
+    /// Set once a response switched protocols: the socket is a tunnel now,
+    /// and the HTTP timeouts no longer apply to its reads.
+    tunnel: AtomicBool,
 }
 
 /// Counts a request as in flight on its connection until its response body
@@ -219,6 +227,9 @@ impl AsyncRead for TimedIo {
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
+                if this.activity.tunnel.load(Ordering::Acquire) {
+                    return Poll::Pending;
+                }
                 if this.activity.in_flight.load(Ordering::Acquire) > 0 {
                     this.phase = Phase::Busy;
                     this.activity.idle_waiter.register(cx.waker());

@@ -87,6 +87,7 @@ impl Control {
             listener_stats: Mutex::new(Vec::new()),
             unrouted: UnroutedStats::default(),
             reloads: Default::default(),
+            tunnels: Default::default(),
             generation,
         });
         let control = Arc::new(Control {

@@ -31,6 +31,21 @@ pub(crate) struct WorkerListener {
     pub stop: watch::Receiver<bool>,
 }
 
+/// What an accepted connection holds until it (and any tunnel it became)
+/// is gone.
+struct Held {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _per_ip: super::per_ip::PerIpGuard,
+    _conn: super::ConnGuard,
+    stats: Arc<ListenerStats>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.stats.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Binds `addr` `workers` times. With port 0, the first bind picks the port
 /// and the others join it.
 pub(crate) fn bind(addr: SocketAddr, workers: usize) -> std::io::Result<(SocketAddr, Vec<std::net::TcpListener>)> {
@@ -108,17 +123,19 @@ pub(super) async fn accept_loop(l: WorkerListener, shared: Arc<Shared>, tracker:
         let stats = stats.clone();
         stats.total.fetch_add(1, Ordering::Relaxed);
         stats.active.fetch_add(1, Ordering::Relaxed);
+        let life = Held {
+            _permit: permit,
+            _per_ip: per_ip_guard,
+            _conn: guard,
+            stats,
+        };
         tokio::spawn(async move {
             let snapshot = shared.snapshot.load_full();
             if let Some(id) = snapshot.listener_id(slot) {
-                let client = ClientInfo::new(slot, peer);
+                let client = ClientInfo::new(slot, peer, Box::new(life));
                 let listener = &snapshot.config.listeners[id.0];
                 super::conn::serve(stream, client, listener, shared.clone(), stop).await;
             }
-            stats.active.fetch_sub(1, Ordering::Relaxed);
-            drop(permit);
-            drop(per_ip_guard);
-            drop(guard);
         });
     }
 }

@@ -34,6 +34,8 @@ pub struct Shared {
     pub unrouted: UnroutedStats,
     /// `fulcrum_config_reloads_total`: [ok, error].
     pub reloads: [AtomicU64; 2],
+    /// WebSocket (and other `Upgrade`) tunnels.
+    pub tunnels: Arc<crate::proxy::tunnel::TunnelStats>,
     /// Bumped after every snapshot swap, so that background tasks (health
     /// checks, DNS re-resolution) follow the servers of the current snapshot.
     pub generation: watch::Sender<u64>,

@@ -204,6 +204,11 @@ impl ServerState {
         self.pool.retain_peers(|peer| self.endpoints.contains(peer))
     }
 
+    /// A new connection that can switch protocols (for an `Upgrade`).
+    pub async fn connect_upgradable(self: &Arc<Self>, timeout: Duration) -> Result<PooledConn, ConnectError> {
+        pool::ConnPool::open_upgradable(self, timeout).await
+    }
+
     /// A new connection, bypassing the idle ones.
     pub async fn connect_fresh(self: &Arc<Self>, timeout: Duration) -> Result<PooledConn, ConnectError> {
         pool::ConnPool::open_fresh(self, timeout).await

@@ -112,10 +112,27 @@ impl ConnPool {
     }
 
     pub(super) async fn open_fresh(server: &Arc<ServerState>, timeout: Duration) -> Result<PooledConn, ConnectError> {
+        Self::open_new(server, timeout, false).await
+    }
+
+    /// A new connection that can switch protocols (WebSockets): never a
+    /// pooled one, since the switch takes it over.
+    pub(super) async fn open_upgradable(
+        server: &Arc<ServerState>,
+        timeout: Duration,
+    ) -> Result<PooledConn, ConnectError> {
+        Self::open_new(server, timeout, true).await
+    }
+
+    async fn open_new(
+        server: &Arc<ServerState>,
+        timeout: Duration,
+        upgrades: bool,
+    ) -> Result<PooledConn, ConnectError> {
         let pool = &server.pool;
         // Read before connecting: a change meanwhile only costs a check on release.
         let generation = server.endpoints.generation();
-        let (sender, peer) = tokio::time::timeout(timeout, pool.open(&server.endpoints))
+        let (sender, peer) = tokio::time::timeout(timeout, pool.open(&server.endpoints, upgrades))
             .await
             .map_err(|_| ConnectError::Timeout {
                 address: pool.address.clone(),
@@ -129,7 +146,11 @@ impl ConnPool {
         })
     }
 
-    async fn open(&self, endpoints: &Endpoints) -> Result<(SendRequest<RequestBody>, SocketAddr), ConnectError> {
+    async fn open(
+        &self,
+        endpoints: &Endpoints,
+        upgrades: bool,
+    ) -> Result<(SendRequest<RequestBody>, SocketAddr), ConnectError> {
         let io_err = |source| ConnectError::Io {
             address: self.address.clone(),
             source,
@@ -144,7 +165,12 @@ impl ConnPool {
                 source,
             })?;
         tokio::spawn(async move {
-            if let Err(error) = conn.await {
+            let ended = if upgrades {
+                conn.with_upgrades().await
+            } else {
+                conn.await
+            };
+            if let Err(error) = ended {
                 tracing::debug!(%error, "upstream connection ended with an error");
             }
         });
