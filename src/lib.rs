@@ -7,6 +7,7 @@ pub mod backend;
 pub mod balance;
 pub mod body;
 pub mod config;
+pub mod limit;
 pub mod observe;
 pub mod proxy;
 pub mod router;

@@ -200,6 +200,7 @@ servers = [ {servers} ]
     println!("  curl -i http://{addr}/delay/500          # a slow answer");
     println!("  curl -i http://{addr}/lb-health          # answered by the balancer itself");
     println!("  curl -s http://127.0.0.1:9900/api/upstreams   # admin API: servers, state, in-flight, latency");
+    println!("  open http://127.0.0.1:9900/                    # the live dashboard, in a browser");
     println!();
     println!("Ctrl-C to stop.");
     runtime.block_on(wait_for_shutdown_signal(&server))?;

@@ -139,6 +139,7 @@ mod tests {
                 .collect(),
             action: RouteAction::Upstream(UpstreamId(0)),
             rewrite_prefix: None,
+            rate_limit: None,
             connect_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(1),
             retry: None,

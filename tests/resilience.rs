@@ -115,7 +115,7 @@ async fn spread(addr: SocketAddr, path: &'static str, total: usize, concurrency:
 #[tokio::test]
 async fn least_conn_sends_most_traffic_away_from_a_slow_server() {
     let fast = scripted("fast", 0).await;
-    let slow = scripted("slow", 100).await;
+    let slow = scripted("slow", 300).await;
     let lb = Fulcrum::start(&config(
         "least_conn",
         &[server(fast.addr, ""), server(slow.addr, "")],
@@ -125,7 +125,9 @@ async fn least_conn_sends_most_traffic_away_from_a_slow_server() {
     let counts = spread(lb.addr("web"), "/", 200, 10).await;
     let slow_share = counts.get("slow").copied().unwrap_or(0);
     assert_eq!(counts.values().sum::<usize>(), 200);
-    assert!(slow_share < 40, "slow server got {slow_share} of 200: {counts:?}");
+    // Round robin would give it 100; least_conn only sends it a request
+    // while it has no more requests in flight than the fast one.
+    assert!(slow_share < 60, "slow server got {slow_share} of 200: {counts:?}");
     assert_eq!(counts.get("fast").copied().unwrap_or(0) + slow_share, 200, "{counts:?}");
 }
 

@@ -7,7 +7,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::config::{
-    AccessLog, Balance, Config, HashKey, HeaderEdits, HealthCheck, HostMatch, Listener, Route, RouteAction, Upstream,
+    AccessLog, Balance, Config, HashKey, HeaderEdits, HealthCheck, HostMatch, LimitKey, LimitStore, Listener,
+    RateLimit, Redis, RedisOnError, Route, RouteAction, Upstream,
 };
 
 const REDACTED: &str = "<redacted>";
@@ -32,6 +33,8 @@ pub(super) fn config(config: &Config) -> Value {
         "listeners": config.listeners.iter().map(listener).collect::<Vec<_>>(),
         "routes": config.routes.iter().map(|r| route(config, r)).collect::<Vec<_>>(),
         "upstreams": config.upstreams.iter().map(|u| (u.name.clone(), upstream(u))).collect::<serde_json::Map<_, _>>(),
+        "rate_limits": config.rate_limits.iter().map(|l| (l.name.clone(), rate_limit(l))).collect::<serde_json::Map<_, _>>(),
+        "redis": config.redis.as_ref().map(redis),
     })
 }
 
@@ -72,6 +75,7 @@ fn route(config: &Config, r: &Route) -> Value {
         })),
         "request_headers": header_edits(&r.request_headers),
         "response_headers": header_edits(&r.response_headers),
+        "rate_limit": r.rate_limit.map(|id| config.rate_limits[id.0].name.clone()),
     });
     match &r.action {
         RouteAction::Upstream(id) => out["upstream"] = Value::from(config.upstreams[id.0].name.clone()),
@@ -154,6 +158,61 @@ fn health_check(h: &HealthCheck) -> Value {
     })
 }
 
+fn rate_limit(l: &RateLimit) -> Value {
+    // The file's unit is gone; the largest one that keeps the count whole.
+    let per = |secs: f64| l.rate_per_sec * secs;
+    let rate = [("s", 1.0), ("m", 60.0), ("h", 3600.0)]
+        .into_iter()
+        .find(|(_, secs)| (per(*secs) - per(*secs).round()).abs() < 1e-6)
+        .map_or_else(
+            || format!("{}/h", per(3600.0)),
+            |(unit, secs)| format!("{}/{unit}", per(secs).round()),
+        );
+    json!({
+        "rate": rate,
+        "burst": l.burst,
+        "key": match &l.key {
+            LimitKey::ClientIp => "client_ip".to_string(),
+            LimitKey::Header(name) => format!("header:{name}"),
+            LimitKey::Cookie(name) => format!("cookie:{name}"),
+        },
+        "store": match l.store {
+            LimitStore::Local => "local",
+            LimitStore::Redis => "redis",
+        },
+        "max_keys": l.max_keys,
+    })
+}
+
+fn redis(r: &Redis) -> Value {
+    json!({
+        "url": redact_url_password(&r.url),
+        "on_error": match r.on_error {
+            RedisOnError::Allow => "allow",
+            RedisOnError::Deny => "deny",
+        },
+        "timeout": duration(r.timeout),
+    })
+}
+
+/// `redis://user:secret@host` → `redis://user:<redacted>@host`.
+fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            // Without a colon the one name might be the secret: hide it all.
+            match rest[..at].split_once(':') {
+                Some((user, _)) => format!("{scheme}://{user}:{REDACTED}{}", &rest[at..]),
+                None => format!("{scheme}://{REDACTED}{}", &rest[at..]),
+            }
+        }
+        None => url.to_string(),
+    }
+}
+
 /// As the file writes it: `250ms`, `30s`.
 fn duration(d: Duration) -> String {
     let ms = d.as_millis();
@@ -161,5 +220,27 @@ fn duration(d: Duration) -> String {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_passwords_never_show() {
+        assert_eq!(
+            redact_url_password("redis://127.0.0.1:6379/0"),
+            "redis://127.0.0.1:6379/0"
+        );
+        assert_eq!(
+            redact_url_password("redis://:hunter2@cache:6379/0"),
+            "redis://:<redacted>@cache:6379/0"
+        );
+        assert_eq!(
+            redact_url_password("redis://app:p@ss@cache:6379"),
+            "redis://app:<redacted>@cache:6379"
+        );
+        assert_eq!(redact_url_password("redis://secret@cache"), "redis://<redacted>@cache");
     }
 }

@@ -1,9 +1,11 @@
 //! The admin listener (SPEC §4): `/health`, `/ready`, `/api/upstreams`,
-//! `/metrics`, `/api/config`, and the mutating calls of `api` behind the
-//! bearer token. It runs on a thread of its own, away from the workers.
+//! `/metrics`, `/api/config`, the mutating calls of `api` behind the
+//! bearer token, and the live dashboard (`dashboard`, at `/`). It runs on a
+//! thread of its own, away from the workers.
 
 mod api;
 mod config_json;
+mod dashboard;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -78,6 +80,7 @@ async fn answer(req: Request<Incoming>, control: &Control, draining: bool) -> Re
         (&Method::GET, "/ready") if draining => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
         // Serving at all means the config is loaded and every listener bound.
         (&Method::GET, "/ready") => text(StatusCode::OK, "ready\n"),
+        (&Method::GET, "/") => dashboard::page(),
         (&Method::GET, "/api/upstreams") => json(upstreams(shared)),
         (&Method::GET, "/api/config") => json(config_json::config(&shared.snapshot.load().config)),
         (&Method::GET, "/metrics") => metrics(shared),
@@ -123,6 +126,11 @@ fn server_json(s: &crate::upstream::ServerState, now: u64) -> serde_json::Value 
         "health_check": if s.checked_up() { "passing" } else { "failing" },
         "active_requests": s.active_requests(),
         "latency_ms": s.latency.latency_us(now) / 1000.0,
+        "requests_total": s.stats.requests_total(),
+        "errors_total": s.stats.errors_total(),
+        "latency_p50_ms": dashboard::quantile_ms(&s.stats, 0.50),
+        "latency_p99_ms": dashboard::quantile_ms(&s.stats, 0.99),
+        "latency_histogram": dashboard::histogram(&s.stats),
     })
 }
 

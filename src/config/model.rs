@@ -18,6 +18,9 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     pub routes: Vec<Route>,
     pub upstreams: Vec<Upstream>,
+    pub rate_limits: Vec<RateLimit>,
+    /// Needed when a rate limit has `store = "redis"`.
+    pub redis: Option<Redis>,
     /// Where it was read from (`None` for the embedded demo config or a test string).
     pub source: Option<PathBuf>,
 }
@@ -77,6 +80,10 @@ pub struct ListenerId(pub usize);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct UpstreamId(pub usize);
 
+/// Index into `Config::rate_limits`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RateLimitId(pub usize);
+
 #[derive(Debug, Clone)]
 pub struct Route {
     /// `name` from the file, or `route<N>` (N = position, from 0) when omitted.
@@ -91,6 +98,8 @@ pub struct Route {
     pub action: RouteAction,
     /// Replaces the matched `path_prefix` before forwarding.
     pub rewrite_prefix: Option<String>,
+    /// Requests beyond this limit are answered 429 here.
+    pub rate_limit: Option<RateLimitId>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     /// `None`: one try only.
@@ -252,4 +261,52 @@ pub struct Server {
     pub backup: bool,
     /// At most this many requests in flight here (circuit breaker).
     pub max_requests: Option<u32>,
+}
+
+/// `[rate_limits.NAME]`: GCRA, like nginx `limit_req` with `nodelay`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimit {
+    pub name: String,
+    /// Requests per second sustained (validated to 1/h ..= 1,000,000/s).
+    pub rate_per_sec: f64,
+    /// Requests a client may send at once (at least 1).
+    pub burst: u32,
+    pub key: LimitKey,
+    pub store: LimitStore,
+    /// Local store: the most clients tracked at once.
+    pub max_keys: usize,
+}
+
+/// What a rate limit counts requests by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitKey {
+    ClientIp,
+    Header(HeaderName),
+    Cookie(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitStore {
+    /// In this process's memory.
+    Local,
+    /// In `[redis]`, shared by every instance that uses it.
+    Redis,
+}
+
+/// `[redis]`: where `store = "redis"` rate limits keep their state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redis {
+    pub url: String,
+    pub on_error: RedisOnError,
+    /// The longest a request waits for Redis before `on_error` applies.
+    pub timeout: Duration,
+}
+
+/// What a request gets when its limit cannot be checked in Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisOnError {
+    /// Fail open: the request goes through unlimited.
+    Allow,
+    /// Fail closed: 503.
+    Deny,
 }

@@ -201,10 +201,12 @@ pub struct HealthCheckSpec {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitSpec {
-    pub rate: RateStr,
+    pub rate: Spanned<RateStr>,
     pub burst: Option<Spanned<u32>>,
     pub key: Option<LimitKeySpec>,
     pub store: Option<Spanned<StoreSpec>>,
+    /// Local store: the most clients tracked at once (default 100000).
+    pub max_keys: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -219,6 +221,8 @@ pub enum StoreSpec {
 pub struct RedisSpec {
     pub url: Spanned<String>,
     pub on_error: Option<OnErrorSpec>,
+    /// How long a request waits for Redis (default 100ms).
+    pub timeout: Option<Spanned<DurationStr>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -20,7 +20,6 @@ pub(super) struct Section<T> {
 /// A section of a named table such as `[upstreams.NAME]`.
 pub(super) struct Named<T> {
     pub name: String,
-    pub span: Option<Range<usize>>,
     pub spec: T,
 }
 
@@ -107,12 +106,12 @@ pub(super) fn read(doc: &Document<String>, sink: &mut Sink) -> Specs {
                     if key == "upstreams" {
                         specs.names.upstreams.push(name.clone());
                         if let Some(spec) = section(sub, &span, sink, &mut specs.complete) {
-                            specs.upstreams.push(Named { name, span, spec });
+                            specs.upstreams.push(Named { name, spec });
                         }
                     } else {
                         specs.names.rate_limits.push(name.clone());
                         if let Some(spec) = section(sub, &span, sink, &mut specs.complete) {
-                            specs.rate_limits.push(Named { name, span, spec });
+                            specs.rate_limits.push(Named { name, spec });
                         }
                     }
                 }

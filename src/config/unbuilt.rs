@@ -33,17 +33,8 @@ pub(super) fn reject_unbuilt(specs: &Specs, sink: &mut Sink) {
         }
     }
     for r in specs.routes.iter().map(|s| &s.spec) {
-        if let Some(v) = &r.rate_limit {
-            reject(Some(v.span()), "rate limiting");
-        }
         if let Some(v) = &r.compress {
             reject(Some(v.span()), "compression");
         }
-    }
-    for limit in &specs.rate_limits {
-        reject(limit.span.clone(), "rate limiting");
-    }
-    if let Some(redis) = &specs.redis {
-        reject(redis.span.clone(), "Redis");
     }
 }

@@ -12,7 +12,7 @@ use http::{HeaderName, HeaderValue};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 
-use super::model::{AccessLog, HashKey, HostMatch};
+use super::model::{AccessLog, HashKey, HostMatch, LimitKey};
 
 /// A type read from a TOML string by a parser that explains its failures.
 trait FromConfigStr: Sized {
@@ -381,14 +381,6 @@ impl FromConfigStr for HashKeySpec {
         };
         Ok(HashKeySpec(key))
     }
-}
-
-/// What a rate limit counts requests by.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LimitKey {
-    ClientIp,
-    Header(HeaderName),
-    Cookie(String),
 }
 
 /// A rate limit's `key`: `client_ip | header:NAME | cookie:NAME`.

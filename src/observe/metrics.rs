@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use super::latency::LatencyHistogram;
 use crate::server::Shared;
 use crate::upstream::health::now_ms;
 
@@ -41,6 +42,11 @@ const FAILURE_KINDS: [&str; 4] = ["connect", "timeout", "status", "reset"];
 pub struct ServerStats {
     failures: [AtomicU64; 4],
     checks: [AtomicU64; 2],
+    /// Answers the proxy passed on (any status), and how many were 5xx.
+    responses: AtomicU64,
+    responses_5xx: AtomicU64,
+    /// Time to the response head of those answers.
+    pub latency: LatencyHistogram,
 }
 
 impl ServerStats {
@@ -50,6 +56,30 @@ impl ServerStats {
 
     pub fn health_check(&self, passed: bool) {
         self.checks[usize::from(!passed)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an answer that was passed on, with its time to the head.
+    pub fn response(&self, status: u16, latency: Duration) {
+        self.responses.fetch_add(1, Ordering::Relaxed);
+        if status >= 500 {
+            self.responses_5xx.fetch_add(1, Ordering::Relaxed);
+        }
+        self.latency.record(latency);
+    }
+
+    /// Attempts sent to this server: answers plus failed attempts.
+    pub fn requests_total(&self) -> u64 {
+        self.responses.load(Ordering::Relaxed) + self.failures_total()
+    }
+
+    /// Attempts that failed (connect, timeout, reset, a status the route
+    /// retries on) or were answered with a 5xx.
+    pub fn errors_total(&self) -> u64 {
+        self.responses_5xx.load(Ordering::Relaxed) + self.failures_total()
+    }
+
+    fn failures_total(&self) -> u64 {
+        self.failures.iter().map(|f| f.load(Ordering::Relaxed)).sum()
     }
 }
 
@@ -66,6 +96,7 @@ pub struct RouteStats {
     /// Their timing (label `upstream=""`).
     local_totals: Arc<Timing>,
     retries: Arc<AtomicU64>,
+    rate_limited: Arc<AtomicU64>,
 }
 
 type ClassCounts = [AtomicU64; 4];
@@ -98,6 +129,11 @@ impl Timing {
 }
 
 impl RouteStats {
+    /// Records a request refused by the route's rate limit.
+    pub fn rate_limited(&self) {
+        self.rate_limited.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Stats for a route forwarding to `upstreams` (name, server addresses),
     /// taking over the counters `previous` (the same route in the config
     /// being replaced) has for the same upstreams and servers.
@@ -126,6 +162,7 @@ impl RouteStats {
             local: previous.map_or_else(Default::default, |p| p.local.clone()),
             local_totals: previous.map_or_else(Default::default, |p| p.local_totals.clone()),
             retries: previous.map_or_else(Default::default, |p| p.retries.clone()),
+            rate_limited: previous.map_or_else(Default::default, |p| p.rate_limited.clone()),
         }
     }
 
@@ -252,6 +289,31 @@ pub fn render(shared: &Shared) -> String {
             route.name,
             stats.retries.load(Ordering::Relaxed)
         );
+    }
+
+    out.push_str(
+        "# HELP fulcrum_rate_limited_total Requests answered 429 by the route's rate limit.\n\
+         # TYPE fulcrum_rate_limited_total counter\n",
+    );
+    for (route, stats) in config.routes.iter().zip(&snapshot.route_stats) {
+        let _ = writeln!(
+            out,
+            "fulcrum_rate_limited_total{{route=\"{}\"}} {}",
+            route.name,
+            stats.rate_limited.load(Ordering::Relaxed)
+        );
+    }
+    if let Some(redis) = snapshot.limits.redis() {
+        out.push_str(
+            "# HELP fulcrum_redis_up Whether Redis answers every worker that uses it.\n\
+             # TYPE fulcrum_redis_up gauge\n",
+        );
+        let _ = writeln!(out, "fulcrum_redis_up {}", u8::from(redis.is_up()));
+        out.push_str(
+            "# HELP fulcrum_redis_errors_total Requests whose rate limit Redis could not check (answered by on_error).\n\
+             # TYPE fulcrum_redis_errors_total counter\n",
+        );
+        let _ = writeln!(out, "fulcrum_redis_errors_total {}", redis.errors());
     }
 
     out.push_str("# HELP fulcrum_upstream_server_up Whether the server takes traffic.\n# TYPE fulcrum_upstream_server_up gauge\n");

@@ -1,5 +1,6 @@
 //! Logging setup and request metrics. (The access log will live here too.)
 
+pub mod latency;
 pub mod metrics;
 
 use std::io::IsTerminal;

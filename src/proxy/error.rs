@@ -14,6 +14,12 @@ pub enum ProxyError {
     NoRoute,
     #[error("request body too large")]
     BodyTooLarge,
+    /// Over the route's rate limit; the client may try again this many
+    /// seconds later.
+    #[error("rate limited, retry in {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
+    #[error("rate limiter unavailable")]
+    LimiterUnavailable,
     #[error("no healthy server")]
     NoServer,
     #[error("every server is at its max_requests")]
@@ -38,7 +44,11 @@ impl ProxyError {
             ProxyError::BadRequest => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::NoServer | ProxyError::AllBusy | ProxyError::ListenerClosed => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::NoServer
+            | ProxyError::AllBusy
+            | ProxyError::ListenerClosed
+            | ProxyError::LimiterUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ConnectFailed | ProxyError::UpstreamFailed => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout | ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -47,6 +57,11 @@ impl ProxyError {
     /// A short plain-text response naming the request id.
     pub fn into_response(self, request_id: &HeaderValue) -> Response<ResponseBody> {
         let status = self.status();
+        let retry_after = match self {
+            ProxyError::RateLimited { retry_after_secs } => Some(HeaderValue::from(retry_after_secs)),
+            _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(HeaderValue::from_static("1")),
+            _ => None,
+        };
         let body = format!(
             "{} {}: {} (request id {})\n",
             status.as_u16(),
@@ -61,8 +76,8 @@ impl ProxyError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        if let Some(retry_after) = retry_after {
+            headers.insert(header::RETRY_AFTER, retry_after);
         }
         if status == StatusCode::PAYLOAD_TOO_LARGE
             || status == StatusCode::BAD_REQUEST
@@ -86,6 +101,8 @@ mod tests {
             (ProxyError::BadRequest, 400),
             (ProxyError::NoRoute, 404),
             (ProxyError::BodyTooLarge, 413),
+            (ProxyError::RateLimited { retry_after_secs: 1 }, 429),
+            (ProxyError::LimiterUnavailable, 503),
             (ProxyError::NoServer, 503),
             (ProxyError::AllBusy, 503),
             (ProxyError::ConnectFailed, 502),
@@ -110,6 +127,24 @@ mod tests {
                 let text = String::from_utf8(body.to_vec()).unwrap();
                 assert!(text.contains("abc123"), "{text}");
                 assert!(text.starts_with("503 "), "{text}");
+            }
+            other => panic!("unexpected body {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rate_limited_says_when_to_come_back() {
+        let id = HeaderValue::from_static("req-7");
+        let response = ProxyError::RateLimited { retry_after_secs: 42 }.into_response(&id);
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "42");
+        match response.into_body() {
+            ResponseBody::Full(Some(body)) => {
+                let text = String::from_utf8(body.to_vec()).unwrap();
+                assert_eq!(
+                    text,
+                    "429 Too Many Requests: rate limited, retry in 42 s (request id req-7)\n"
+                );
             }
             other => panic!("unexpected body {other:?}"),
         }

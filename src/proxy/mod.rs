@@ -1,6 +1,7 @@
 //! The request pipeline: route, pick a server, forward, and shape the
 //! response. Every request gets a response here, errors included.
 
+mod admit;
 mod error;
 pub mod headers;
 mod key;
@@ -124,6 +125,7 @@ async fn forward(
     };
     meta.route = Some(route_id);
     let route = snapshot.routes.route(route_id);
+    admit::admit(&req, client, route, route_id, snapshot).await?;
     if declared_length(&req).is_some_and(|len| len > listener.max_body_bytes) {
         return Err(ProxyError::BodyTooLarge);
     }
@@ -268,7 +270,7 @@ async fn try_servers(
             Ok(response) => {
                 let status = response.status().as_u16();
                 if !on.status(status) {
-                    server.record_success(started.elapsed());
+                    server.record_success(started.elapsed(), status);
                     return Ok((response, server, index));
                 }
                 server.record_failure(&upstream.name, FailureKind::Status);

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use crate::config::{Config, ListenerId, Route, UpstreamId};
+use crate::limit::Limits;
 use crate::observe::metrics::RouteStats;
 use crate::router::RouteTable;
 use crate::upstream::UpstreamPool;
@@ -21,6 +22,8 @@ pub struct Snapshot {
     pub upstreams: Vec<UpstreamPool>,
     /// Per route, in config order.
     pub route_stats: Vec<RouteStats>,
+    /// The rate limits, by `RateLimitId`.
+    pub limits: Limits,
     /// Indexed by slot number.
     listener_ids: Vec<Option<ListenerId>>,
 }
@@ -71,11 +74,13 @@ impl Snapshot {
             }
             listener_ids[at] = Some(ListenerId(i));
         }
+        let limits = Limits::build(&config, previous.map(|p| &p.limits));
         Snapshot {
             config,
             routes,
             upstreams,
             route_stats,
+            limits,
             listener_ids,
         }
     }

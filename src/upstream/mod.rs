@@ -188,9 +188,13 @@ impl ServerState {
         }
     }
 
-    pub fn record_success(&self, latency: Duration) {
+    /// Counts an answer that is passed on (any status the route does not
+    /// retry on): passive health, the latency estimate, the dashboard's
+    /// counters and latency histogram.
+    pub fn record_success(&self, latency: Duration, status: u16) {
         self.passive.record_success();
         self.latency.observe(latency, health::now_ms());
+        self.stats.response(status, latency);
     }
 
     /// A ready connection to this server: a pooled idle one, else a new one.

@@ -5,9 +5,11 @@
 // Each test file uses a different part of the harness.
 #![allow(dead_code)]
 
+pub mod browser;
 mod client;
 pub mod dns;
 mod process;
+mod redis;
 
 use std::future::Future;
 use std::sync::OnceLock;
@@ -20,6 +22,8 @@ use fulcrum::backend::{self, BackendHandle};
 pub use client::{Conn, Resp, get, get_with, raw_exchange, request};
 #[allow(unused_imports)]
 pub use process::{Fulcrum, log_field, parse_listening_line, strip_ansi};
+#[allow(unused_imports)]
+pub use redis::RedisServer;
 
 /// How often `wait_until` re-checks its condition.
 const POLL_INTERVAL: Duration = Duration::from_millis(5);

@@ -328,25 +328,10 @@ fn every_unbuilt_key_is_refused_at_its_position() {
             "[\"gzip\"]",
             "routes[0].compress",
         ),
-        (
-            format!("{BASE}[rate_limits.api]\nrate = \"5/s\"\n"),
-            "[rate_limits.api]",
-            "rate_limits.api",
-        ),
-        (
-            format!("{BASE}[redis]\nurl = \"redis://127.0.0.1:6379\"\n"),
-            "[redis]",
-            "redis",
-        ),
     ];
     for (text, at, key_path) in &cases {
         assert_error(text, at, key_path, "not supported yet");
     }
-    let text = format!(
-        "{}[rate_limits.api]\nrate = \"5/s\"\n",
-        in_route("rate_limit = \"api\"")
-    );
-    assert_error(&text, "\"api\"", "routes[0].rate_limit", "not supported yet");
     let built = format!(
         "{}[global]\nadmin_listen = \"127.0.0.1:9900\"\naccess_log = \"off\"\n",
         in_listener("max_connections_per_ip = 0\nproxy_protocol = false")

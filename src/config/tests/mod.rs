@@ -1,9 +1,10 @@
 //! `config::parse` end to end: what a whole file becomes (`model`), where
-//! each kind of mistake is reported (`errors`), and that no input panics
-//! (`fuzz`).
+//! each kind of mistake is reported (`errors`; rate limits in `limits`), and
+//! that no input panics (`fuzz`).
 
 mod errors;
 mod fuzz;
+mod limits;
 mod model;
 
 use super::source::line_col;

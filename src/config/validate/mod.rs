@@ -1,6 +1,7 @@
 //! From the file's sections to the model: defaults filled in, names resolved
 //! to ids, and every rule checked, each failure recorded at its position.
 
+mod limits;
 mod routes;
 mod upstreams;
 
@@ -11,7 +12,7 @@ use std::time::Duration;
 use serde_spanned::Spanned;
 
 use super::model::*;
-use super::schema::{AccessLogFormatSpec, GlobalSpec, StoreSpec};
+use super::schema::{AccessLogFormatSpec, GlobalSpec};
 use super::sections::Specs;
 use super::units::DurationStr;
 use super::{Sink, unbuilt};
@@ -25,8 +26,9 @@ pub(super) fn validate(specs: Specs, sink: &mut Sink) -> Option<Config> {
     let global = global(&specs.global, sink);
     let listeners = listeners(&specs, sink);
     let upstreams = upstreams::upstreams(&specs.upstreams, sink);
-    let routes = routes::routes(&specs, &listeners, &upstreams, sink);
-    rate_limits(&specs, sink);
+    let rate_limits = limits::rate_limits(&specs, sink);
+    let redis = limits::redis(&specs, sink);
+    let routes = routes::routes(&specs, &listeners, &upstreams, &rate_limits, sink);
     if !specs.complete || sink.len() > errors_before {
         return None;
     }
@@ -35,6 +37,8 @@ pub(super) fn validate(specs: Specs, sink: &mut Sink) -> Option<Config> {
         listeners,
         routes,
         upstreams,
+        rate_limits,
+        redis,
         source: None,
     })
 }
@@ -162,36 +166,6 @@ fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() == b.port()
         && a.is_ipv4() == b.is_ipv4()
         && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
-}
-
-/// Rate limits are refused as not built yet; their own rules are still
-/// checked so the file is right once they land.
-fn rate_limits(specs: &Specs, sink: &mut Sink) {
-    for limit in &specs.rate_limits {
-        if let Some(burst) = &limit.spec.burst
-            && *burst.get_ref() == 0
-        {
-            sink.error(Some(burst.span()), "burst must be at least 1");
-        }
-        if let Some(store) = &limit.spec.store
-            && *store.get_ref() == StoreSpec::Redis
-            && !specs.names.has_redis
-        {
-            sink.error(Some(store.span()), "store = \"redis\" needs a [redis] section");
-        }
-    }
-    if let Some(redis) = &specs.redis {
-        let url = &redis.spec.url;
-        if !url.get_ref().starts_with("redis://") && !url.get_ref().starts_with("rediss://") {
-            sink.error(
-                Some(url.span()),
-                format!(
-                    "invalid url {:?}: expected redis://HOST:PORT or rediss://HOST:PORT",
-                    url.get_ref()
-                ),
-            );
-        }
-    }
 }
 
 /// A duration that must not be zero (a zero timeout fails everything, a zero

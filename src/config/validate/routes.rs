@@ -18,7 +18,13 @@ const MAX_TRIES: u32 = 10;
 const DEFAULT_REPLAY_BYTES: u64 = 64 * 1024;
 
 /// Every route that deserialized and has a valid action, in file order.
-pub(super) fn routes(specs: &Specs, listeners: &[Listener], upstreams: &[Upstream], sink: &mut Sink) -> Vec<Route> {
+pub(super) fn routes(
+    specs: &Specs,
+    listeners: &[Listener],
+    upstreams: &[Upstream],
+    rate_limits: &[RateLimit],
+    sink: &mut Sink,
+) -> Vec<Route> {
     if specs.names.route_entries == 0 {
         sink.error(None, "at least one [[routes]] is needed");
     }
@@ -33,6 +39,11 @@ pub(super) fn routes(specs: &Specs, listeners: &[Listener], upstreams: &[Upstrea
             .iter()
             .enumerate()
             .map(|(i, u)| (u.name.as_str(), UpstreamId(i)))
+            .collect(),
+        rate_limits: rate_limits
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.name.as_str(), RateLimitId(i)))
             .collect(),
         names: &specs.names,
     };
@@ -51,6 +62,7 @@ struct Ids<'a> {
     listener_count: usize,
     listeners: HashMap<&'a str, ListenerId>,
     upstreams: HashMap<&'a str, UpstreamId>,
+    rate_limits: HashMap<&'a str, RateLimitId>,
     names: &'a Names,
 }
 
@@ -116,11 +128,10 @@ fn route(
     {
         sink.error(Some(p.span()), "rewrite_prefix must start with `/`");
     }
-    if let Some(limit) = &r.rate_limit
-        && !ids.names.rate_limits.contains(limit.get_ref())
-    {
-        sink.error(Some(limit.span()), format!("no rate limit named `{}`", limit.get_ref()));
-    }
+    let rate_limit = r
+        .rate_limit
+        .as_ref()
+        .and_then(|limit| resolve(limit, &ids.rate_limits, &ids.names.rate_limits, "rate limit", sink));
     let connect_timeout = positive(
         r.connect_timeout.as_ref(),
         Duration::from_secs(5),
@@ -138,6 +149,7 @@ fn route(
         headers: r.headers.0.clone(),
         action,
         rewrite_prefix: r.rewrite_prefix.as_ref().map(|p| p.get_ref().clone()),
+        rate_limit,
         connect_timeout,
         read_timeout,
         retry,
