@@ -26,11 +26,6 @@ pub(super) fn reject_unbuilt(specs: &Specs, sink: &mut Sink) {
         if let Some(v) = &l.tls {
             reject(Some(v.span()), "TLS");
         }
-        if let Some(v) = &l.proxy_protocol
-            && *v.get_ref()
-        {
-            reject(Some(v.span()), "the PROXY protocol");
-        }
     }
     for r in specs.routes.iter().map(|s| &s.spec) {
         if let Some(v) = &r.compress {

@@ -202,6 +202,8 @@ pub struct ListenerStats {
     pub total: AtomicU64,
     /// Closed at accept by `max_connections_per_ip`.
     pub refused_per_ip: AtomicU64,
+    /// Closed for want of a valid PROXY protocol header.
+    pub refused_proxy_protocol: AtomicU64,
 }
 
 /// The whole exposition, in Prometheus text format.
@@ -392,11 +394,16 @@ pub fn render(shared: &Shared) -> String {
         "# HELP fulcrum_connections_refused_total Connections closed at accept, by reason.\n# TYPE fulcrum_connections_refused_total counter\n",
     );
     for (name, stats) in &listeners {
-        let _ = writeln!(
-            out,
-            "fulcrum_connections_refused_total{{listener=\"{name}\",reason=\"per_ip\"}} {}",
-            stats.refused_per_ip.load(Ordering::Relaxed)
-        );
+        for (reason, value) in [
+            ("per_ip", &stats.refused_per_ip),
+            ("proxy_protocol", &stats.refused_proxy_protocol),
+        ] {
+            let _ = writeln!(
+                out,
+                "fulcrum_connections_refused_total{{listener=\"{name}\",reason=\"{reason}\"}} {}",
+                value.load(Ordering::Relaxed)
+            );
+        }
     }
     for (name, help, kind, value) in [
         (

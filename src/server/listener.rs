@@ -10,7 +10,8 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{Semaphore, watch};
 
-use super::per_ip::PerIp;
+use super::per_ip::{PerIp, PerIpGuard};
+use super::proxy_protocol::{self, Header};
 use super::{ConnTracker, ListenerSlot, Shared};
 use crate::observe::metrics::ListenerStats;
 use crate::proxy::ClientInfo;
@@ -35,7 +36,7 @@ pub(crate) struct WorkerListener {
 /// is gone.
 struct Held {
     _permit: tokio::sync::OwnedSemaphorePermit,
-    _per_ip: super::per_ip::PerIpGuard,
+    _per_ip: Option<PerIpGuard>,
     _conn: super::ConnGuard,
     stats: Arc<ListenerStats>,
 }
@@ -43,6 +44,42 @@ struct Held {
 impl Drop for Held {
     fn drop(&mut self) {
         self.stats.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The client's address: the peer's, or on a `proxy_protocol` listener the
+/// one its PROXY header carries. `None`: no valid header in time (closed).
+async fn stream_peer(
+    stream: &mut tokio::net::TcpStream,
+    peer: SocketAddr,
+    listener: &crate::config::Listener,
+    stats: &ListenerStats,
+) -> Option<SocketAddr> {
+    if !listener.proxy_protocol {
+        return Some(peer);
+    }
+    match proxy_protocol::read(stream, listener.request_header_timeout).await {
+        Ok(Header::Proxied(client)) => Some(client),
+        Ok(Header::Local) => Some(peer),
+        Err(error) => {
+            stats.refused_proxy_protocol.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, %error, "no valid PROXY protocol header: connection closed");
+            None
+        }
+    }
+}
+
+/// `max_connections_per_ip` for the client's address: over its limit, the
+/// connection is closed before anything is read from it.
+fn admit(client: Option<SocketAddr>, per_ip: &Arc<PerIp>, stats: &ListenerStats) -> Option<(SocketAddr, PerIpGuard)> {
+    let client = client?;
+    match per_ip.try_enter(client.ip()) {
+        Some(guard) => Some((client, guard)),
+        None => {
+            stats.refused_per_ip.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%client, "max_connections_per_ip reached: connection refused");
+            None
+        }
     }
 }
 
@@ -87,7 +124,7 @@ pub(super) async fn accept_loop(l: WorkerListener, shared: Arc<Shared>, tracker:
         return;
     }
     loop {
-        let (stream, peer) = tokio::select! {
+        let (mut stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(error) => {
@@ -98,13 +135,6 @@ pub(super) async fn accept_loop(l: WorkerListener, shared: Arc<Shared>, tracker:
                 }
             },
             _ = stop.changed() => return,
-        };
-        // Over its address's limit: closed at once, before it costs a slot.
-        let Some(per_ip_guard) = per_ip.try_enter(peer.ip()) else {
-            stats.refused_per_ip.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(client = %peer, "max_connections_per_ip reached: connection refused");
-            drop(stream);
-            continue;
         };
         // At the limit, this worker stops accepting until a slot frees: the
         // connection in hand waits, and the others wait in the backlog. Taking
@@ -123,19 +153,30 @@ pub(super) async fn accept_loop(l: WorkerListener, shared: Arc<Shared>, tracker:
         let stats = stats.clone();
         stats.total.fetch_add(1, Ordering::Relaxed);
         stats.active.fetch_add(1, Ordering::Relaxed);
-        let life = Held {
-            _permit: permit,
-            _per_ip: per_ip_guard,
-            _conn: guard,
-            stats,
-        };
+        let per_ip = per_ip.clone();
         tokio::spawn(async move {
             let snapshot = shared.snapshot.load_full();
-            if let Some(id) = snapshot.listener_id(slot) {
-                let client = ClientInfo::new(slot, peer, Box::new(life));
-                let listener = &snapshot.config.listeners[id.0];
-                super::conn::serve(stream, client, listener, shared.clone(), stop).await;
-            }
+            let Some(id) = snapshot.listener_id(slot) else {
+                stats.active.fetch_sub(1, Ordering::Relaxed);
+                return;
+            };
+            let listener = &snapshot.config.listeners[id.0];
+            let mut held = Held {
+                _permit: permit,
+                _per_ip: None,
+                _conn: guard,
+                stats,
+            };
+            let Some(peer) = admit(
+                stream_peer(&mut stream, peer, listener, &held.stats).await,
+                &per_ip,
+                &held.stats,
+            ) else {
+                return;
+            };
+            held._per_ip = Some(peer.1);
+            let client = ClientInfo::new(slot, peer.0, Box::new(held));
+            super::conn::serve(stream, client, listener, shared.clone(), stop).await;
         });
     }
 }

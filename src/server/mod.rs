@@ -6,6 +6,7 @@ mod conn;
 pub mod control;
 mod listener;
 mod per_ip;
+mod proxy_protocol;
 pub mod snapshot;
 pub mod worker;
 

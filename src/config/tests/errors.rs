@@ -319,11 +319,6 @@ fn every_unbuilt_key_is_refused_at_its_position() {
             "listeners[0].tls",
         ),
         (
-            in_listener("proxy_protocol = true"),
-            "true",
-            "listeners[0].proxy_protocol",
-        ),
-        (
             in_route("retry = { tries = 2 }\ncompress = [\"gzip\"]"),
             "[\"gzip\"]",
             "routes[0].compress",
