@@ -146,7 +146,8 @@ fn server_state(server: &crate::upstream::ServerState, now: u64) -> &'static str
 }
 
 fn metrics(shared: &Shared) -> Response<Full<Bytes>> {
-    let body = crate::observe::metrics::render(shared);
+    let mut body = crate::observe::metrics::render(shared);
+    crate::observe::access_log::render_metrics(&mut body, shared.access_log.as_ref());
     let mut response = Response::new(Full::new(Bytes::from(body)));
     response.headers_mut().insert(
         header::CONTENT_TYPE,

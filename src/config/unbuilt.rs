@@ -5,7 +5,6 @@
 use std::ops::Range;
 
 use super::Sink;
-use super::model::AccessLog;
 use super::sections::Specs;
 
 /// Records `<key path>: not supported yet (<what>)` for every unbuilt key in use.
@@ -13,15 +12,6 @@ pub(super) fn reject_unbuilt(specs: &Specs, sink: &mut Sink) {
     let mut reject = |span: Option<Range<usize>>, what: &str| {
         sink.error(span, format!("not supported yet ({what})"));
     };
-    let g = &specs.global;
-    if let Some(v) = &g.access_log
-        && v.get_ref().0 != AccessLog::Off
-    {
-        reject(Some(v.span()), "the access log; only \"off\" is accepted");
-    }
-    if let Some(v) = &g.access_log_format {
-        reject(Some(v.span()), "the access log");
-    }
     for l in specs.listeners.iter().map(|s| &s.spec) {
         if let Some(v) = &l.tls {
             reject(Some(v.span()), "TLS");

@@ -1,5 +1,6 @@
-//! Logging setup and request metrics. (The access log will live here too.)
+//! Logging setup, request metrics and the access log.
 
+pub mod access_log;
 pub mod latency;
 pub mod metrics;
 

@@ -12,7 +12,7 @@ pub use error::ProxyError;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use http_body::Body as _;
@@ -20,6 +20,7 @@ use hyper::body::Incoming;
 
 use crate::body::{BodyError, RequestBody, ResponseBody, UpstreamBody};
 use crate::config::{Listener, ListenerId, Route, RouteAction};
+use crate::observe::access_log::{Answer, LoggedBody};
 use crate::observe::metrics::FailureKind;
 use crate::router::{self, RouteId};
 use crate::server::{ListenerSlot, Shared, Snapshot};
@@ -61,42 +62,50 @@ impl std::fmt::Debug for ClientInfo {
     }
 }
 
-/// Answers one client request.
-pub async fn handle(req: Request<Incoming>, client: &Arc<ClientInfo>, shared: &Shared) -> Response<ResponseBody> {
+/// Answers one client request. The response body writes the request's
+/// access-log line when it ends.
+pub async fn handle(req: Request<Incoming>, client: &Arc<ClientInfo>, shared: &Shared) -> Response<LoggedBody> {
     let snapshot = shared.snapshot.load_full();
     let request_id = headers::request_id(req.headers());
-    // A reload removed the listener after this connection was accepted: the
-    // connection is being closed; answer what is in the pipe.
-    let Some(listener_id) = snapshot.listener_id(client.slot) else {
-        return ProxyError::ListenerClosed.into_response(&request_id);
-    };
-    let listener = &snapshot.config.listeners[listener_id.0];
     let started = Instant::now();
+    let mut entry = shared
+        .access_log
+        .as_ref()
+        .map(|log| log.begin(&req, client.peer.ip(), &request_id, started));
     let mut meta = Meta::default();
-    let mut response = match forward(
-        req,
-        client,
-        (listener_id, listener),
-        shared,
-        &snapshot,
-        &request_id,
-        &mut meta,
-    )
-    .await
-    {
-        Ok(response) => response,
-        Err(error) => error.into_response(&request_id),
+    let forwarded = match snapshot.listener_id(client.slot) {
+        Some(listener_id) => {
+            let listener = &snapshot.config.listeners[listener_id.0];
+            let at = (listener_id, listener);
+            forward(req, client, at, shared, &snapshot, &request_id, &mut meta).await
+        }
+        // A reload removed the listener after this connection was accepted:
+        // the connection is being closed; answer what is in the pipe.
+        None => Err(ProxyError::ListenerClosed),
     };
+    let mut response = forwarded.unwrap_or_else(|error| error.into_response(&request_id));
     let status = response.status().as_u16();
     match meta.route.and_then(|r| snapshot.route_stats.get(r.0)) {
         Some(stats) => stats.record(meta.upstream, meta.server, status, started.elapsed(), meta.retries),
         None => shared.unrouted.record(status),
     }
     response.headers_mut().insert(headers::X_REQUEST_ID, request_id);
-    response
+    if let Some(entry) = &mut entry {
+        let answer = Answer {
+            status,
+            route: meta.route,
+            upstream: meta.upstream,
+            server: meta.server,
+            upstream_time: meta.upstream_time,
+            retries: meta.retries,
+        };
+        entry.answered(answer, snapshot);
+    }
+    response.map(|body| LoggedBody::new(body, entry))
 }
 
-/// What metrics need to know about how a request was answered.
+/// What metrics and the access log need to know about how a request was
+/// answered.
 #[derive(Debug, Default)]
 struct Meta {
     route: Option<RouteId>,
@@ -104,6 +113,8 @@ struct Meta {
     upstream: Option<usize>,
     /// Index in that upstream of the server that answered last.
     server: Option<usize>,
+    /// Time to the last try's response head; `None` when it got none.
+    upstream_time: Option<Duration>,
     retries: u32,
 }
 
@@ -266,7 +277,9 @@ async fn try_servers(
             None
         };
         let started = Instant::now();
-        match send(req, &server, route).await {
+        let sent = send(req, &server, route).await;
+        meta.upstream_time = sent.as_ref().ok().map(|_| started.elapsed());
+        match sent {
             Ok(response) => {
                 let status = response.status().as_u16();
                 if !on.status(status) {

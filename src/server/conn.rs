@@ -21,8 +21,9 @@ use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use super::Shared;
-use crate::body::{BodyError, ResponseBody};
+use crate::body::BodyError;
 use crate::config::Listener;
+use crate::observe::access_log::LoggedBody;
 use crate::proxy::{self, ClientInfo};
 
 /// Serves one accepted connection until it closes or shutdown has drained it.
@@ -122,7 +123,7 @@ impl Drop for InFlight {
 
 /// A response body that keeps its request counted as in flight.
 struct TrackedBody {
-    inner: ResponseBody,
+    inner: LoggedBody,
     _guard: InFlight,
 }
 

@@ -17,6 +17,7 @@ use super::listener::{self, WorkerListener};
 use super::per_ip::PerIp;
 use super::{ListenerSlot, Shared, Snapshot, WorkerCommand};
 use crate::config::{self, Config, ConfigErrors};
+use crate::observe::access_log::{self, AccessLog};
 use crate::observe::metrics::{ListenerStats, UnroutedStats};
 
 /// Why a reload changed nothing.
@@ -80,12 +81,14 @@ impl Control {
             next_slot: 0,
         };
         let plan = plan_listeners(&config, &mut state, workers.len()).map_err(|e| anyhow::anyhow!(e))?;
+        let access_log = AccessLog::start(&config.global)?;
         let snapshot = Snapshot::build(Arc::new(config), &plan.slots, None);
         let (generation, _) = watch::channel(0);
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             listener_stats: Mutex::new(Vec::new()),
             unrouted: UnroutedStats::default(),
+            access_log,
             reloads: Default::default(),
             tunnels: Default::default(),
             generation,
@@ -143,6 +146,7 @@ impl Control {
             );
         }
         config.global.workers = workers;
+        access_log::warn_if_changed(self.shared.access_log.as_ref(), &config.global);
         let plan = plan_listeners(&config, &mut state, workers).map_err(ReloadError::Bind)?;
         let summary = config::summary(&config).trim_start_matches("ok: ").to_string();
         let previous = self.shared.snapshot.load_full();

@@ -19,6 +19,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::config::Config;
+use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::{ListenerStats, UnroutedStats};
 pub use control::{Control, ReloadError};
 pub use snapshot::{ListenerSlot, Snapshot};
@@ -33,6 +34,8 @@ pub struct Shared {
     pub listener_stats: Mutex<Vec<(String, Arc<ListenerStats>)>>,
     /// Requests that matched no route.
     pub unrouted: UnroutedStats,
+    /// `None` when `global.access_log` is off.
+    pub access_log: Option<AccessLog>,
     /// `fulcrum_config_reloads_total`: [ok, error].
     pub reloads: [AtomicU64; 2],
     /// WebSocket (and other `Upgrade`) tunnels.
@@ -174,6 +177,9 @@ impl Server {
         tracing::info!(grace = ?self.grace, "shutting down");
         for handle in self.threads {
             let _ = handle.join();
+        }
+        if let Some(log) = &self.control.shared().access_log {
+            log.close();
         }
         tracing::info!("stopped");
     }

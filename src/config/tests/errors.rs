@@ -304,16 +304,6 @@ fn upstream_rules_are_checked_where_they_break() {
 fn every_unbuilt_key_is_refused_at_its_position() {
     let cases = [
         (
-            format!("{BASE}[global]\naccess_log = \"stdout\"\n"),
-            "\"stdout\"",
-            "global.access_log",
-        ),
-        (
-            format!("{BASE}[global]\naccess_log_format = \"json\"\n"),
-            "\"json\"",
-            "global.access_log_format",
-        ),
-        (
             format!("{BASE}[listeners.tls]\ncertificates = []\n"),
             "[listeners.tls]",
             "listeners[0].tls",
@@ -328,10 +318,34 @@ fn every_unbuilt_key_is_refused_at_its_position() {
         assert_error(text, at, key_path, "not supported yet");
     }
     let built = format!(
-        "{}[global]\nadmin_listen = \"127.0.0.1:9900\"\naccess_log = \"off\"\n",
+        "{}[global]\nadmin_listen = \"127.0.0.1:9900\"\naccess_log = \"stdout\"\naccess_log_format = \"combined\"\n",
         in_listener("max_connections_per_ip = 0\nproxy_protocol = false")
     );
     parse_ok(&built);
+}
+
+#[test]
+fn access_log_paths_must_be_openable() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-dir").join("access.log");
+    let text = format!("{BASE}[global]\naccess_log = \"{}\"\n", missing.display());
+    assert_error(&text, "\"/", "global.access_log", "no-such-dir does not exist");
+    let text = format!("{BASE}[global]\naccess_log = \"{}\"\n", dir.path().display());
+    assert_error(&text, "\"/", "global.access_log", "is a directory, not a file");
+
+    let file = dir.path().join("access.log");
+    let text = format!(
+        "{BASE}[global]\naccess_log = \"{}\"\naccess_log_format = \"combined\"\n",
+        file.display()
+    );
+    let config = parse_ok(&text);
+    assert_eq!(config.global.access_log, AccessLog::File(file.clone()));
+    assert_eq!(config.global.access_log_format, AccessLogFormat::Combined);
+    assert!(!file.exists(), "checking a config creates nothing");
+    // A bare file name lives in the working directory, which exists.
+    let config = parse_ok(&format!("{BASE}[global]\naccess_log = \"access.log\"\n"));
+    assert_eq!(config.global.access_log, AccessLog::File("access.log".into()));
+    assert_eq!(config.global.access_log_format, AccessLogFormat::Json);
 }
 
 #[test]

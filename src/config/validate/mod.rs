@@ -69,9 +69,7 @@ fn global(g: &GlobalSpec, sink: &mut Sink) -> Global {
         workers,
         shutdown_grace: g.shutdown_grace.map_or(Duration::from_secs(30), |d| d.0),
         log_level: g.log_level.as_ref().map(|l| l.get_ref().clone()),
-        // Off unless the file says otherwise; the access log itself is not
-        // built yet, so `unbuilt` refuses anything but "off" for now.
-        access_log: g.access_log.as_ref().map_or(AccessLog::Off, |a| a.get_ref().0.clone()),
+        access_log: access_log(g, sink),
         access_log_format: match g.access_log_format.as_ref().map(|f| *f.get_ref()) {
             None | Some(AccessLogFormatSpec::Json) => AccessLogFormat::Json,
             Some(AccessLogFormatSpec::Combined) => AccessLogFormat::Combined,
@@ -97,6 +95,39 @@ fn dns_refresh(value: Option<&Spanned<DurationStr>>, sink: &mut Sink) -> Duratio
         }
         Some(d) => d.get_ref().0,
     }
+}
+
+/// `access_log`, off unless the file says otherwise. A file path must be
+/// one that can be opened: its directory has to exist (the file itself is
+/// created if missing) and it cannot be a directory. Relative paths are
+/// taken from the working directory.
+fn access_log(g: &GlobalSpec, sink: &mut Sink) -> AccessLog {
+    let Some(spec) = &g.access_log else {
+        return AccessLog::Off;
+    };
+    let log = spec.get_ref().0.clone();
+    if let AccessLog::File(path) = &log {
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => std::path::Path::new("."),
+        };
+        if path.is_dir() {
+            sink.error(
+                Some(spec.span()),
+                format!("access_log {} is a directory, not a file", path.display()),
+            );
+        } else if !dir.is_dir() {
+            sink.error(
+                Some(spec.span()),
+                format!(
+                    "access_log {}: the directory {} does not exist",
+                    path.display(),
+                    dir.display()
+                ),
+            );
+        }
+    }
+    log
 }
 
 fn listeners(specs: &Specs, sink: &mut Sink) -> Vec<Listener> {
