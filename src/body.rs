@@ -1,6 +1,7 @@
 //! The body types that flow through the proxy: a client's request body on its
 //! way upstream (size-limited, streamed) and a response body on its way to the
-//! client (an upstream stream, or a short body made here).
+//! client (an upstream stream, or a short body made here, either possibly
+//! compressed on the way).
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -11,6 +12,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::Sleep;
 
+use crate::compress::CompressedBody;
 use crate::upstream::{ActiveGuard, PooledConn};
 
 /// Why a body stream stopped early.
@@ -22,6 +24,8 @@ pub enum BodyError {
     UpstreamTimeout(Duration),
     #[error("body stream failed")]
     Stream(#[source] hyper::Error),
+    #[error("response compression failed")]
+    Compress(#[source] std::io::Error),
 }
 
 impl BodyError {
@@ -113,6 +117,8 @@ impl Body for RequestBody {
 pub enum ResponseBody {
     Full(Option<Bytes>),
     Upstream(UpstreamBody),
+    /// Compressed on the way (a route's `compress`).
+    Compressed(Box<CompressedBody>),
 }
 
 impl ResponseBody {
@@ -133,6 +139,7 @@ impl Body for ResponseBody {
         match &mut *self {
             ResponseBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             ResponseBody::Upstream(body) => Pin::new(body).poll_frame(cx),
+            ResponseBody::Compressed(body) => Pin::new(&mut **body).poll_frame(cx),
         }
     }
 
@@ -140,6 +147,7 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Full(data) => data.is_none(),
             ResponseBody::Upstream(body) => body.inner.is_end_stream(),
+            ResponseBody::Compressed(body) => body.is_end_stream(),
         }
     }
 
@@ -147,6 +155,7 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             ResponseBody::Upstream(body) => body.inner.size_hint(),
+            ResponseBody::Compressed(body) => body.size_hint(),
         }
     }
 }

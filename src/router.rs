@@ -145,6 +145,7 @@ mod tests {
             retry: None,
             request_headers: HeaderEdits::default(),
             response_headers: HeaderEdits::default(),
+            compress: crate::config::Compress::default(),
         }
     }
 

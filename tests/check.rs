@@ -187,11 +187,17 @@ fn syntax_error_has_a_position() {
 }
 
 #[test]
-fn keys_not_built_yet_are_refused_not_ignored() {
-    let toml = VALID.replace("upstream = \"app\"", "upstream = \"app\"\ncompress = [\"gzip\"]");
-    assert_error(&toml, "8:12: routes[0].compress", "not supported yet");
-    let toml = format!("{VALID}\n[listeners.tls]\ncertificates = []\n");
-    assert_error(&toml, "12:1: listeners[0].tls", "not supported yet");
+fn compress_lists_each_coding_once() {
+    let toml = VALID.replace(
+        "upstream = \"app\"",
+        "upstream = \"app\"\ncompress = [\"gzip\", \"gzip\"]",
+    );
+    assert_error(&toml, "8:21: routes[0].compress[1]", "`gzip` is listed twice");
+    let toml = VALID.replace(
+        "upstream = \"app\"",
+        "upstream = \"app\"\ncompress = [\"gzip\", \"br\"]",
+    );
+    assert_eq!(check(&toml).code, 0);
 }
 
 #[test]

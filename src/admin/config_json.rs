@@ -50,6 +50,13 @@ fn listener(l: &Listener) -> Value {
         "max_body_size": l.max_body_bytes,
         "expose_upstream": l.expose_upstream,
         "proxy_protocol": l.proxy_protocol,
+        "tls": l.tls.as_ref().map(|t| json!({
+            "certificates": t.certificates.iter().map(|c| json!({
+                "cert": c.cert.display().to_string(),
+                "key": c.key.display().to_string(),
+            })).collect::<Vec<_>>(),
+            "redirect_http_from": t.redirect_http_from.map(|a| a.to_string()),
+        })),
     })
 }
 
@@ -76,6 +83,7 @@ fn route(config: &Config, r: &Route) -> Value {
         "request_headers": header_edits(&r.request_headers),
         "response_headers": header_edits(&r.response_headers),
         "rate_limit": r.rate_limit.map(|id| config.rate_limits[id.0].name.clone()),
+        "compress": compress(r.compress),
     });
     match &r.action {
         RouteAction::Upstream(id) => out["upstream"] = Value::from(config.upstreams[id.0].name.clone()),
@@ -90,6 +98,13 @@ fn route(config: &Config, r: &Route) -> Value {
         }
     }
     out
+}
+
+fn compress(c: crate::config::Compress) -> Vec<&'static str> {
+    [(c.br, "br"), (c.gzip, "gzip")]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect()
 }
 
 fn retry_on(on: &crate::config::RetryOn) -> Vec<&'static str> {

@@ -4,7 +4,7 @@
 //!
 //! text → `interp` (`${VAR}`) → `sections` (each section deserialized on its
 //! own into `schema`, values parsed by `units`) → `validate` (rules, defaults,
-//! ids; `unbuilt` refuses what is not built yet) → `model`. `source` turns
+//! ids) → `model`. `source` turns
 //! byte offsets into positions and key paths.
 
 mod interp;
@@ -14,7 +14,6 @@ mod sections;
 mod source;
 #[cfg(test)]
 mod tests;
-mod unbuilt;
 mod units;
 mod validate;
 
@@ -86,13 +85,25 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
             message: format!("cannot read the config file: {e}"),
         }])
     })?;
-    let mut config = parse(&text, &origin, &|name| std::env::var(name).ok())?;
+    let base_dir = path.parent().unwrap_or(Path::new(""));
+    let mut config = parse_in(&text, &origin, base_dir, &|name| std::env::var(name).ok())?;
     config.source = Some(path.to_path_buf());
     Ok(config)
 }
 
-/// Validates config text; `origin` names it in messages, `env` answers `${VAR}`.
+/// Validates config text; `origin` names it in messages (and its directory
+/// is where relative certificate paths start), `env` answers `${VAR}`.
 pub fn parse(text: &str, origin: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+    parse_in(text, origin, Path::new(origin).parent().unwrap_or(Path::new("")), env)
+}
+
+/// [`parse`] with relative file paths resolved against `base_dir`.
+fn parse_in(
+    text: &str,
+    origin: &str,
+    base_dir: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigErrors> {
     let at = |offset: Option<usize>, key_path: String, message: String| {
         let (line, col) = offset.map_or((1, 1), |o| source::line_col(text, o));
         ConfigError {
@@ -140,7 +151,7 @@ pub fn parse(text: &str, origin: &str, env: &dyn Fn(&str) -> Option<String>) -> 
     let unknown_values: Vec<Range<usize>> = interpolated.problems.iter().map(|p| p.value.clone()).collect();
     let mut sink = Sink::default();
     let specs = sections::read(&doc, &mut sink);
-    let config = validate::validate(specs, &mut sink);
+    let config = validate::validate(specs, base_dir, &mut sink);
     for (offset, message) in sink.errors {
         let original_offset = offset.map(|o| interpolated.original_offset(o));
         // A value whose variable could not be substituted is unknown, so

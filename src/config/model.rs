@@ -70,6 +70,28 @@ pub struct Listener {
     pub max_body_bytes: u64,
     pub expose_upstream: bool,
     pub proxy_protocol: bool,
+    /// Terminate TLS on this listener.
+    pub tls: Option<ListenerTls>,
+}
+
+/// `[listeners.tls]`: certificates already loaded and checked.
+#[derive(Debug, Clone)]
+pub struct ListenerTls {
+    /// Certificate and key files as resolved (relative paths are relative
+    /// to the config file's directory), in file order: the first is the
+    /// default for clients that send no SNI.
+    pub certificates: Vec<CertificateFiles>,
+    /// A plain listener answering every request with a 308 to https.
+    pub redirect_http_from: Option<SocketAddr>,
+    /// What connections are accepted with, built from `certificates` when
+    /// the config was loaded.
+    pub server_config: std::sync::Arc<rustls::ServerConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// Index into `Config::listeners`.
@@ -106,6 +128,8 @@ pub struct Route {
     pub retry: Option<Retry>,
     pub request_headers: HeaderEdits,
     pub response_headers: HeaderEdits,
+    /// Encodings responses may be compressed with; empty = never.
+    pub compress: Compress,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,6 +201,20 @@ impl RetryOn {
             504 => self.http_504,
             _ => false,
         }
+    }
+}
+
+/// `compress = ["gzip", "br"]`: the content codings a route may apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Compress {
+    pub gzip: bool,
+    pub br: bool,
+}
+
+impl Compress {
+    /// No encoding listed: responses pass untouched.
+    pub fn is_off(self) -> bool {
+        !self.gzip && !self.br
     }
 }
 

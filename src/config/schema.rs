@@ -55,15 +55,15 @@ pub struct ListenerSpec {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsSpec {
-    pub certificates: Vec<CertificateSpec>,
-    pub redirect_http_from: Option<ListenAddr>,
+    pub certificates: Spanned<Vec<CertificateSpec>>,
+    pub redirect_http_from: Option<Spanned<ListenAddr>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CertificateSpec {
-    pub cert: String,
-    pub key: String,
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -85,7 +85,7 @@ pub struct RouteSpec {
     pub retry: Option<Spanned<RetrySpec>>,
     pub request_headers: Option<HeaderEditsSpec>,
     pub response_headers: Option<HeaderEditsSpec>,
-    pub compress: Option<Spanned<Vec<CompressSpec>>>,
+    pub compress: Option<Spanned<Vec<Spanned<CompressSpec>>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -19,6 +19,7 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 
 use crate::body::{BodyError, RequestBody, ResponseBody, UpstreamBody};
+use crate::compress;
 use crate::config::{Listener, ListenerId, Route, RouteAction};
 use crate::observe::access_log::{Answer, LoggedBody};
 use crate::observe::metrics::FailureKind;
@@ -34,6 +35,8 @@ pub struct ClientInfo {
     pub peer: SocketAddr,
     /// The peer's IP as a header value, made once per connection.
     pub ip_header: HeaderValue,
+    /// The connection is TLS (X-Forwarded-Proto: https).
+    pub tls: bool,
     /// What the connection holds while it lives (its `max_connections` slot,
     /// its place in the shutdown count...): released when the last holder of
     /// this info is gone, which for an upgraded connection is its tunnel.
@@ -48,6 +51,7 @@ impl ClientInfo {
             slot,
             peer,
             ip_header,
+            tls: false,
             _life: life,
         }
     }
@@ -160,6 +164,7 @@ async fn forward(
         .and_then(|sticky| key::cookie(&req, &sticky.cookie))
         .and_then(|token| upstream.sticky_server(token));
     let idempotent = is_idempotent(req.method());
+    let compress = compress::Plan::for_request(route.compress, &req);
     let mut req = req;
     let upgrade = tunnel::requested(req.headers()).map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
     let (parts, body) = req.into_parts();
@@ -193,6 +198,8 @@ async fn forward(
             _ => return Err(ProxyError::UpstreamFailed),
         }
     }
+    // A 101 never qualifies: a tunnel is not compressed.
+    compress::apply(compress, &mut response);
     if let Some(sticky) = &upstream.sticky
         && pinned != Some(index)
     {
@@ -389,18 +396,23 @@ fn upstream_request(
     route: &Route,
     request_id: &HeaderValue,
 ) -> Result<Request<RequestBody>, ProxyError> {
-    parts.uri = upstream_uri(&parts.uri, route)?;
-    parts.version = Version::HTTP_11;
     if !parts.headers.contains_key(header::HOST) {
-        // HTTP/2 clients send :authority instead.
+        // HTTP/2 clients send :authority instead (read before the URI
+        // becomes the upstream's origin-form, which has none).
         if let Some(authority) = parts.uri.authority()
             && let Ok(host) = HeaderValue::from_str(authority.as_str())
         {
             parts.headers.insert(header::HOST, host);
         }
     }
+    parts.uri = upstream_uri(&parts.uri, route)?;
+    if parts.version == Version::HTTP_2 {
+        headers::join_cookies(&mut parts.headers);
+    }
+    parts.version = Version::HTTP_11;
     headers::strip_hop_by_hop(&mut parts.headers);
-    headers::add_forwarded(&mut parts.headers, &client.ip_header, "http");
+    let proto = if client.tls { "https" } else { "http" };
+    headers::add_forwarded(&mut parts.headers, &client.ip_header, proto);
     parts.headers.insert(headers::X_REQUEST_ID, request_id.clone());
     headers::apply_edits(&mut parts.headers, &route.request_headers);
     Ok(Request::from_parts(parts, body))

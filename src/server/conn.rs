@@ -1,6 +1,7 @@
-//! One client connection: hyper's HTTP/1.1 state machine over a socket whose
-//! reads enforce the slow-loris and keep-alive timeouts, and graceful close on
-//! shutdown.
+//! One client connection: TLS (when the listener has it), the protocol
+//! (HTTP/1.1, or HTTP/2 by ALPN or prior knowledge), and hyper's state machine
+//! over a socket whose reads enforce the slow-loris and keep-alive timeouts,
+//! with graceful close on shutdown.
 
 use std::convert::Infallible;
 use std::io;
@@ -12,15 +13,19 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
+use http::Request;
 use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
+use hyper::service::HttpService;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
-use super::Shared;
+use super::preface::{self, Protocol};
+use super::{Shared, http2};
 use crate::body::BodyError;
 use crate::config::Listener;
 use crate::observe::access_log::LoggedBody;
@@ -32,7 +37,7 @@ pub(super) async fn serve(
     client: ClientInfo,
     listener: &Listener,
     shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
     let activity = Arc::new(Activity::default());
@@ -44,20 +49,69 @@ pub(super) async fn serve(
     );
     let peer = client.peer;
     let client = Arc::new(client);
-    let service_activity = activity.clone();
-    let service = hyper::service::service_fn(move |req| {
-        let guard = InFlight::enter(&service_activity);
-        let client = client.clone();
-        let shared = shared.clone();
-        async move {
-            let response = proxy::handle(req, &client, &shared).await;
-            if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-                // The socket becomes a tunnel with its own idle timeout.
-                guard.0.tunnel.store(true, Ordering::Release);
+    let service = {
+        let activity = activity.clone();
+        hyper::service::service_fn(move |req: Request<Incoming>| {
+            let guard = InFlight::enter(&activity);
+            let client = client.clone();
+            let shared = shared.clone();
+            async move {
+                let response = proxy::handle(req, &client, &shared).await;
+                if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                    // The socket becomes a tunnel with its own idle timeout.
+                    guard.0.tunnel.store(true, Ordering::Release);
+                }
+                Ok::<_, Infallible>(response.map(|inner| TrackedBody { inner, _guard: guard }))
             }
-            Ok::<_, Infallible>(response.map(|inner| TrackedBody { inner, _guard: guard }))
+        })
+    };
+    let Some(tls) = &listener.tls else {
+        match preface::sniff(io).await {
+            Ok((Protocol::Http1, io)) => serve_http1(io, service, listener, peer, shutdown).await,
+            Ok((Protocol::Http2, mut io)) => {
+                io.get_mut().pass_through();
+                http2::serve(io, service, listener, &activity, shutdown).await;
+            }
+            Err(error) => tracing::debug!(%error, client = %peer, "client connection ended before a request"),
         }
-    });
+        return;
+    };
+    // The handshake gets the time a request head would: a client that
+    // connects and says nothing cannot hold a connection slot for long.
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config.clone());
+    let mut stream = match tokio::time::timeout(listener.request_header_timeout, acceptor.accept(io)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            tracing::debug!(%error, client = %peer, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(client = %peer, "TLS handshake not done within request_header_timeout");
+            return;
+        }
+    };
+    let (io, session) = stream.get_mut();
+    if session.alpn_protocol() == Some(crate::tls::ALPN_H2) {
+        io.pass_through();
+        http2::serve(stream, service, listener, &activity, shutdown).await;
+    } else {
+        io.restart_head();
+        serve_http1(stream, service, listener, peer, shutdown).await;
+    }
+}
+
+/// HTTP/1.1 with keep-alive until the client, a timeout or shutdown ends it.
+async fn serve_http1<I, S>(
+    io: I,
+    service: S,
+    listener: &Listener,
+    peer: std::net::SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: HttpService<Incoming, ResBody = TrackedBody>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let mut builder = http1::Builder::new();
     builder
         .keep_alive(true)
@@ -89,10 +143,10 @@ pub(super) async fn serve(
 
 /// What the requests on a connection are doing, as the socket reads need to know.
 #[derive(Debug, Default)]
-struct Activity {
-    in_flight: AtomicUsize,
+pub(super) struct Activity {
+    pub(super) in_flight: AtomicUsize,
     /// Bumped when a response is done: the connection went back to idle.
-    finished: AtomicUsize,
+    pub(super) finished: AtomicUsize,
     /// A read that found the connection busy waits here to be told when the
     /// last response is done, so the keep-alive clock starts on time.
     idle_waiter: AtomicWaker,
@@ -122,7 +176,7 @@ impl Drop for InFlight {
 }
 
 /// A response body that keeps its request counted as in flight.
-struct TrackedBody {
+pub(super) struct TrackedBody {
     inner: LoggedBody,
     _guard: InFlight,
 }
@@ -153,12 +207,15 @@ enum Phase {
     Head,
     /// A request is being served; its own timeouts apply.
     Busy,
+    /// Timeouts are kept by someone else (HTTP/2 watches idleness itself):
+    /// reads go straight through.
+    Off,
 }
 
 /// The client socket, with the timeouts that only reads can see: a request
 /// head that trickles in (slow loris) fails the read; an idle keep-alive
 /// connection reads as closed. One timer per connection, re-armed lazily.
-struct TimedIo {
+pub(super) struct TimedIo {
     stream: TcpStream,
     activity: Arc<Activity>,
     /// `activity.finished` when last looked at.
@@ -174,7 +231,12 @@ struct TimedIo {
 }
 
 impl TimedIo {
-    fn new(stream: TcpStream, activity: Arc<Activity>, header_timeout: Duration, keepalive_timeout: Duration) -> Self {
+    pub(super) fn new(
+        stream: TcpStream,
+        activity: Arc<Activity>,
+        header_timeout: Duration,
+        keepalive_timeout: Duration,
+    ) -> Self {
         let deadline = Instant::now() + header_timeout;
         TimedIo {
             stream,
@@ -187,6 +249,18 @@ impl TimedIo {
             timer: Box::pin(tokio::time::sleep_until(deadline)),
             armed: deadline,
         }
+    }
+
+    /// Stops enforcing timeouts: for protocols that keep their own.
+    pub(super) fn pass_through(&mut self) {
+        self.phase = Phase::Off;
+    }
+
+    /// Starts the wait for a request head afresh (after a TLS handshake,
+    /// which had a deadline of its own).
+    pub(super) fn restart_head(&mut self) {
+        self.phase = Phase::Head;
+        self.deadline = Instant::now() + self.header_timeout;
     }
 
     /// Polls the phase's deadline: `Ready` once it has passed.
@@ -212,6 +286,9 @@ impl TimedIo {
 impl AsyncRead for TimedIo {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if this.phase == Phase::Off {
+            return Pin::new(&mut this.stream).poll_read(cx, buf);
+        }
         let before = buf.filled().len();
         match Pin::new(&mut this.stream).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {

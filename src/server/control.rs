@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use arc_swap::ArcSwap;
 use tokio::sync::{Semaphore, mpsc, watch};
 
-use super::listener::{self, WorkerListener};
+use super::listener::{self, Role, WorkerListener};
 use super::per_ip::PerIp;
 use super::{ListenerSlot, Shared, Snapshot, WorkerCommand};
 use crate::config::{self, Config, ConfigErrors};
@@ -45,6 +45,22 @@ struct Running {
     stats: Arc<ListenerStats>,
     per_ip: Arc<PerIp>,
     stop: watch::Sender<bool>,
+    /// A TLS listener's `redirect_http_from`: part of its identity, bound
+    /// and closed with it.
+    redirect: Option<Redirect>,
+}
+
+/// The plain listener that answers a TLS listener's http:// requests with
+/// a 308. It has limits of its own and is not a listener in the metrics.
+#[derive(Debug)]
+struct Redirect {
+    /// As configured.
+    listen: SocketAddr,
+    /// As bound.
+    addr: SocketAddr,
+    sockets: Vec<std::net::TcpListener>,
+    slots: Arc<Semaphore>,
+    per_ip: Arc<PerIp>,
 }
 
 #[derive(Debug)]
@@ -189,11 +205,31 @@ impl Control {
     /// ones to the workers, and returns the ones no longer in it.
     fn hand_out(&self, state: &mut State, plan: Plan) -> Vec<Running> {
         let mut all: Vec<Running> = std::mem::take(&mut state.listeners);
-        for b in plan.bound {
+        for mut b in plan.bound {
             tracing::info!(listener = %b.running.name, addr = %b.running.addr, "listening");
+            if let Some(r) = &mut b.running.redirect {
+                let name = format!("{}-redirect", b.running.name);
+                tracing::info!(listener = %name, addr = %r.addr, "listening");
+                // Unregistered stats: redirects are not proxied traffic.
+                let stats = Arc::new(ListenerStats::default());
+                for (socket, worker) in std::mem::take(&mut r.sockets).into_iter().zip(&self.workers) {
+                    let _ = worker.send(WorkerCommand::Listen(WorkerListener {
+                        slot: b.running.slot,
+                        role: Role::Redirect {
+                            https_port: b.running.addr.port(),
+                        },
+                        socket,
+                        slots: r.slots.clone(),
+                        stats: stats.clone(),
+                        per_ip: r.per_ip.clone(),
+                        stop: b.stop.clone(),
+                    }));
+                }
+            }
             for (socket, worker) in b.sockets.into_iter().zip(&self.workers) {
                 let _ = worker.send(WorkerCommand::Listen(WorkerListener {
                     slot: b.running.slot,
+                    role: Role::Proxy,
                     socket,
                     slots: b.running.slots.clone(),
                     stats: b.running.stats.clone(),
@@ -235,9 +271,9 @@ struct Plan {
     bound: Vec<Bound>,
 }
 
-/// Matches the listeners of `config` with the running ones (same name and
-/// address: kept, with `max_connections` adjusted) and binds the others. On
-/// a bind failure nothing new stays bound.
+/// Matches the listeners of `config` with the running ones (same name,
+/// address and redirect address: kept, with `max_connections` adjusted) and
+/// binds the others. On a bind failure nothing new stays bound.
 fn plan_listeners(config: &Config, state: &mut State, workers: usize) -> Result<Plan, String> {
     let mut plan = Plan {
         slots: Vec::with_capacity(config.listeners.len()),
@@ -245,11 +281,10 @@ fn plan_listeners(config: &Config, state: &mut State, workers: usize) -> Result<
     };
     let mut resizes = Vec::new();
     for l in &config.listeners {
-        if let Some(i) = state
-            .listeners
-            .iter()
-            .position(|r| r.name == l.name && r.listen == l.listen)
-        {
+        let redirect_from = l.tls.as_ref().and_then(|t| t.redirect_http_from);
+        if let Some(i) = state.listeners.iter().position(|r| {
+            r.name == l.name && r.listen == l.listen && r.redirect.as_ref().map(|r| r.listen) == redirect_from
+        }) {
             resizes.push((i, l.max_connections));
             state.listeners[i].per_ip.set_limit(l.max_connections_per_ip);
             plan.slots.push(state.listeners[i].slot);
@@ -257,8 +292,26 @@ fn plan_listeners(config: &Config, state: &mut State, workers: usize) -> Result<
         }
         let (addr, sockets) = listener::bind(l.listen, workers)
             .map_err(|e| format!("cannot listen on {} (listener {}): {e}", l.listen, l.name))?;
-        let (stop, stop_rx) = watch::channel(false);
         let max_connections = l.max_connections.min(Semaphore::MAX_PERMITS);
+        let redirect = match redirect_from {
+            Some(from) => {
+                let (addr, sockets) = listener::bind(from, workers).map_err(|e| {
+                    format!(
+                        "cannot listen on {from} (listener {}'s redirect_http_from): {e}",
+                        l.name
+                    )
+                })?;
+                Some(Redirect {
+                    listen: from,
+                    addr,
+                    sockets,
+                    slots: Arc::new(Semaphore::new(max_connections)),
+                    per_ip: Arc::new(PerIp::new(l.max_connections_per_ip)),
+                })
+            }
+            None => None,
+        };
+        let (stop, stop_rx) = watch::channel(false);
         let slot = ListenerSlot(state.next_slot);
         state.next_slot += 1;
         plan.slots.push(slot);
@@ -273,6 +326,7 @@ fn plan_listeners(config: &Config, state: &mut State, workers: usize) -> Result<
                 stats: Arc::new(ListenerStats::default()),
                 per_ip: Arc::new(PerIp::new(l.max_connections_per_ip)),
                 stop,
+                redirect,
             },
             sockets,
             stop: stop_rx,

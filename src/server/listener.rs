@@ -16,10 +16,20 @@ use super::{ConnTracker, ListenerSlot, Shared};
 use crate::observe::metrics::ListenerStats;
 use crate::proxy::ClientInfo;
 
+/// What connections accepted on a socket get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// The listener itself: the proxy.
+    Proxy,
+    /// The listener's `redirect_http_from`: a 308 to https on this port.
+    Redirect { https_port: u16 },
+}
+
 /// One worker's share of a listener: its socket and what it needs to serve.
 #[derive(Debug)]
 pub(crate) struct WorkerListener {
     pub slot: ListenerSlot,
+    pub role: Role,
     pub socket: std::net::TcpListener,
     /// `max_connections`, shared by every worker: beyond it accepting pauses
     /// and new connections wait in the kernel backlog.
@@ -107,6 +117,7 @@ pub(crate) fn bind(addr: SocketAddr, workers: usize) -> std::io::Result<(SocketA
 pub(super) async fn accept_loop(l: WorkerListener, shared: Arc<Shared>, tracker: Arc<ConnTracker>) {
     let WorkerListener {
         slot,
+        role,
         socket,
         slots,
         stats,
@@ -175,8 +186,17 @@ pub(super) async fn accept_loop(l: WorkerListener, shared: Arc<Shared>, tracker:
                 return;
             };
             held._per_ip = Some(peer.1);
-            let client = ClientInfo::new(slot, peer.0, Box::new(held));
-            super::conn::serve(stream, client, listener, shared.clone(), stop).await;
+            match role {
+                Role::Proxy => {
+                    let mut client = ClientInfo::new(slot, peer.0, Box::new(held));
+                    client.tls = listener.tls.is_some();
+                    super::conn::serve(stream, client, listener, shared.clone(), stop).await;
+                }
+                Role::Redirect { https_port } => {
+                    super::redirect::serve(stream, https_port, listener, stop).await;
+                    drop(held);
+                }
+            }
         });
     }
 }

@@ -4,9 +4,12 @@
 
 mod conn;
 pub mod control;
+mod http2;
 mod listener;
 mod per_ip;
+mod preface;
 mod proxy_protocol;
+mod redirect;
 pub mod snapshot;
 pub mod worker;
 

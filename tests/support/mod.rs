@@ -10,6 +10,7 @@ mod client;
 pub mod dns;
 mod process;
 mod redis;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::OnceLock;

@@ -58,6 +58,9 @@ impl Fulcrum {
             .current_dir(dir.path())
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
+            // Tests that watch RSS for leaks should see memory in use, not
+            // mimalloc committing arena space ahead in 2 MiB steps.
+            .env("MIMALLOC_ARENA_EAGER_COMMIT", "0")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

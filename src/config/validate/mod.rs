@@ -3,28 +3,30 @@
 
 mod limits;
 mod routes;
+mod tls;
 mod upstreams;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use serde_spanned::Spanned;
 
+use super::Sink;
 use super::model::*;
 use super::schema::{AccessLogFormatSpec, GlobalSpec};
 use super::sections::Specs;
 use super::units::DurationStr;
-use super::{Sink, unbuilt};
 
 const MAX_WORKERS: usize = 1024;
 
 /// Builds the model, or `None` when something was wrong (then `sink` says what).
-pub(super) fn validate(specs: Specs, sink: &mut Sink) -> Option<Config> {
+/// Relative file paths (certificates) are resolved against `base_dir`.
+pub(super) fn validate(specs: Specs, base_dir: &Path, sink: &mut Sink) -> Option<Config> {
     let errors_before = sink.len();
-    unbuilt::reject_unbuilt(&specs, sink);
     let global = global(&specs.global, sink);
-    let listeners = listeners(&specs, sink);
+    let listeners = listeners(&specs, base_dir, sink);
     let upstreams = upstreams::upstreams(&specs.upstreams, sink);
     let rate_limits = limits::rate_limits(&specs, sink);
     let redis = limits::redis(&specs, sink);
@@ -130,7 +132,7 @@ fn access_log(g: &GlobalSpec, sink: &mut Sink) -> AccessLog {
     log
 }
 
-fn listeners(specs: &Specs, sink: &mut Sink) -> Vec<Listener> {
+fn listeners(specs: &Specs, base_dir: &Path, sink: &mut Sink) -> Vec<Listener> {
     if specs.names.listener_entries == 0 {
         sink.error(None, "at least one [[listeners]] is needed");
     }
@@ -146,15 +148,10 @@ fn listeners(specs: &Specs, sink: &mut Sink) -> Vec<Listener> {
             sink.error(Some(l.name.span()), format!("duplicate listener name `{name}`"));
         }
         let listen = l.listen.get_ref().0;
-        // Port 0 asks the OS for a free port, so two of them never clash.
-        if listen.port() != 0 {
-            if let Some(other) = addresses.iter().find(|other| overlaps(**other, listen)) {
-                sink.error(
-                    Some(l.listen.span()),
-                    format!("{listen} overlaps {other}, where another listener already listens"),
-                );
-            }
-            addresses.push(listen);
+        claim_address(&mut addresses, listen, l.listen.span(), sink);
+        let tls = l.tls.as_ref().and_then(|spec| tls::listener_tls(spec, base_dir, sink));
+        if let Some(redirect) = l.tls.as_ref().and_then(|t| t.get_ref().redirect_http_from.as_ref()) {
+            claim_address(&mut addresses, redirect.get_ref().0, redirect.span(), sink);
         }
         let max_connections = l.max_connections.as_ref().map_or(10_000, |m| *m.get_ref());
         if max_connections == 0 {
@@ -186,9 +183,26 @@ fn listeners(specs: &Specs, sink: &mut Sink) -> Vec<Listener> {
             max_body_bytes: l.max_body_size.map_or(100 << 20, |s| s.0),
             expose_upstream: l.expose_upstream.unwrap_or(false),
             proxy_protocol: l.proxy_protocol.as_ref().is_some_and(|p| *p.get_ref()),
+            tls,
         });
     }
     out
+}
+
+/// Records that something listens on `addr`, or an error at `span` when an
+/// earlier listener (or redirect listener) already does.
+fn claim_address(addresses: &mut Vec<SocketAddr>, addr: SocketAddr, span: std::ops::Range<usize>, sink: &mut Sink) {
+    // Port 0 asks the OS for a free port, so two of them never clash.
+    if addr.port() == 0 {
+        return;
+    }
+    if let Some(other) = addresses.iter().find(|other| overlaps(**other, addr)) {
+        sink.error(
+            Some(span),
+            format!("{addr} overlaps {other}, where another listener already listens"),
+        );
+    }
+    addresses.push(addr);
 }
 
 /// Two addresses on the same port clash when their IPs are equal or one is

@@ -11,7 +11,7 @@ use serde_spanned::Spanned;
 use super::positive;
 use crate::config::Sink;
 use crate::config::model::*;
-use crate::config::schema::{HeaderEditsSpec, RetryOnSpec, RetrySpec, RouteSpec, SplitSpec};
+use crate::config::schema::{CompressSpec, HeaderEditsSpec, RetryOnSpec, RetrySpec, RouteSpec, SplitSpec};
 use crate::config::sections::{Names, Specs};
 
 const MAX_TRIES: u32 = 10;
@@ -155,7 +155,28 @@ fn route(
         retry,
         request_headers: edits(r.request_headers.as_ref()),
         response_headers: edits(r.response_headers.as_ref()),
+        compress: compress(r.compress.as_ref(), sink),
     })
+}
+
+/// Each encoding at most once (serde already refused any but gzip and br);
+/// an empty list is the same as none.
+fn compress(spec: Option<&Spanned<Vec<Spanned<CompressSpec>>>>, sink: &mut Sink) -> Compress {
+    let mut compress = Compress::default();
+    let Some(spec) = spec else {
+        return compress;
+    };
+    for encoding in spec.get_ref() {
+        let (seen, name) = match encoding.get_ref() {
+            CompressSpec::Gzip => (&mut compress.gzip, "gzip"),
+            CompressSpec::Br => (&mut compress.br, "br"),
+        };
+        if *seen {
+            sink.error(Some(encoding.span()), format!("`{name}` is listed twice"));
+        }
+        *seen = true;
+    }
+    compress
 }
 
 /// A reference to a named section; an error when the file has no such name.

@@ -1,0 +1,120 @@
+//! HTTP/2 from clients (ALPN `h2` on TLS, prior knowledge on plain
+//! listeners): every stream is its own request through the proxy, balanced
+//! on its own; flow control per stream, so a client that reads one response
+//! slowly holds back only that stream; GOAWAY when the connection goes idle
+//! or the balancer shuts down.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use hyper::body::Incoming;
+use hyper::server::conn::http2;
+use hyper::service::HttpService;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::conn::{Activity, TrackedBody};
+use crate::config::Listener;
+
+/// Streams a client may have open at once (nginx's default too).
+const MAX_CONCURRENT_STREAMS: u32 = 128;
+/// How much of a request body a client may send ahead on one stream before
+/// the upstream has taken it.
+const STREAM_WINDOW_BYTES: u32 = 256 * 1024;
+/// The same over all of a connection's streams: larger than one stream's,
+/// so a few stalled uploads do not stop the others; it also bounds what one
+/// connection can make the balancer buffer.
+const CONNECTION_WINDOW_BYTES: u32 = 4 * 1024 * 1024;
+
+/// Serves HTTP/2 on `io` (the preface not yet read) until the client
+/// closes, the connection has been idle too long, or shutdown has drained it.
+pub(super) async fn serve<I, S>(
+    io: I,
+    service: S,
+    listener: &Listener,
+    activity: &Arc<Activity>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: HttpService<Incoming, ResBody = TrackedBody>,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .max_header_list_size(u32::try_from(listener.max_header_bytes).unwrap_or(u32::MAX));
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let mut idle = IdleWatch::new(activity.clone(), listener);
+    let timer = tokio::time::sleep_until(idle.next_check);
+    tokio::pin!(timer);
+    let mut draining = *shutdown.borrow();
+    if draining {
+        conn.as_mut().graceful_shutdown();
+    }
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(%error, "HTTP/2 client connection ended with an error");
+                }
+                return;
+            }
+            changed = shutdown.changed(), if !draining => {
+                if changed.is_err() || *shutdown.borrow() {
+                    draining = true;
+                    // GOAWAY: streams already open finish, no new ones start.
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+            () = &mut timer, if !draining => {
+                if idle.has_been_idle() {
+                    draining = true;
+                    conn.as_mut().graceful_shutdown();
+                } else {
+                    timer.as_mut().reset(idle.next_check);
+                }
+            }
+        }
+    }
+}
+
+/// Decides when an HTTP/2 connection has had nothing to do for long enough:
+/// `request_header_timeout` before its first request, `keepalive_timeout`
+/// after. Checked once per period (so idleness is noticed between one and
+/// two periods after the last response) rather than timed on every request.
+struct IdleWatch {
+    activity: Arc<Activity>,
+    keepalive_timeout: std::time::Duration,
+    /// `activity.finished` at the previous check.
+    seen_finished: usize,
+    next_check: Instant,
+}
+
+impl IdleWatch {
+    fn new(activity: Arc<Activity>, listener: &Listener) -> Self {
+        IdleWatch {
+            activity,
+            keepalive_timeout: listener.keepalive_timeout,
+            seen_finished: 0,
+            next_check: Instant::now() + listener.request_header_timeout,
+        }
+    }
+
+    /// True when no request was in flight or finished since the previous
+    /// check; otherwise schedules the next one.
+    fn has_been_idle(&mut self) -> bool {
+        let finished = self.activity.finished.load(Ordering::Relaxed);
+        if self.activity.in_flight.load(Ordering::Acquire) == 0 && finished == self.seen_finished {
+            return true;
+        }
+        self.seen_finished = finished;
+        self.next_check = Instant::now() + self.keepalive_timeout;
+        false
+    }
+}
