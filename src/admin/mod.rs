@@ -118,6 +118,7 @@ fn upstreams(shared: &Shared) -> serde_json::Value {
 fn server_json(s: &crate::upstream::ServerState, now: u64) -> serde_json::Value {
     serde_json::json!({
         "address": s.address,
+        "resolved": s.endpoints.current().iter().map(ToString::to_string).collect::<Vec<_>>(),
         "weight": s.weight(),
         "backup": s.backup(),
         "max_requests": s.max_requests(),

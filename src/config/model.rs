@@ -36,6 +36,12 @@ pub struct Global {
     pub access_log_format: AccessLogFormat,
     pub admin_listen: Option<SocketAddr>,
     pub admin_token: Option<String>,
+    /// The DNS server to ask for host names in `servers`; `None`: the
+    /// system's (`/etc/resolv.conf`, `/etc/hosts`).
+    pub resolver: Option<SocketAddr>,
+    /// A host name is resolved again when its TTL runs out, but at least
+    /// this often (and at most once a second).
+    pub dns_refresh: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

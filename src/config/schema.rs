@@ -10,7 +10,7 @@ use serde_spanned::Spanned;
 
 use super::units::{
     AccessLogStr, DurationStr, HashKeySpec, HeaderMapSpec, HeaderNameStr, HostPattern, LimitKeySpec, ListenAddr,
-    RateStr, ServerAddr, SizeStr, StatusRange,
+    RateStr, ResolverAddr, ServerAddr, SizeStr, StatusRange,
 };
 
 #[derive(Debug, Default, Deserialize)]
@@ -23,6 +23,10 @@ pub struct GlobalSpec {
     pub access_log: Option<Spanned<AccessLogStr>>,
     pub access_log_format: Option<Spanned<AccessLogFormatSpec>>,
     pub log_level: Option<Spanned<String>>,
+    /// The DNS server for host names in `servers` (beyond SPEC §2).
+    pub resolver: Option<Spanned<ResolverAddr>>,
+    /// Longest time between two resolutions of a host name (beyond SPEC §2).
+    pub dns_refresh: Option<Spanned<DurationStr>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -47,6 +47,7 @@ macro_rules! deserialize_from_str {
 deserialize_from_str!(
     ListenAddr,
     ServerAddr,
+    ResolverAddr,
     HeaderNameStr,
     HeaderValueStr,
     HostPattern,
@@ -191,6 +192,26 @@ impl FromConfigStr for ListenAddr {
         t.parse()
             .map(ListenAddr)
             .map_err(|_| format!("invalid address {t:?}: expected IP:port, like \"0.0.0.0:8080\" or \"[::1]:8080\""))
+    }
+}
+
+/// A DNS server to ask: `IP`, `IP:port` or `[IPv6]:port` (port 53 if omitted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResolverAddr(pub SocketAddr);
+
+impl FromConfigStr for ResolverAddr {
+    const EXPECTING: &'static str = "a DNS server address like \"10.0.0.2:53\"";
+    fn from_config_str(t: &str) -> Result<Self, String> {
+        let addr = t
+            .parse::<SocketAddr>()
+            .ok()
+            .or_else(|| t.parse::<std::net::IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)));
+        match addr {
+            Some(addr) if addr.port() != 0 => Ok(ResolverAddr(addr)),
+            _ => Err(format!(
+                "invalid resolver {t:?}: expected an IP address with an optional port, like \"10.0.0.2\" or \"127.0.0.1:5353\""
+            )),
+        }
     }
 }
 
@@ -469,6 +490,12 @@ mod tests {
         assert!(parse::<ListenAddr>("[::1]:8080").is_ok());
         assert!(parse::<ListenAddr>("localhost:8080").is_err());
         assert!(parse::<ListenAddr>("0.0.0.0").is_err());
+        assert_eq!(parse::<ResolverAddr>("10.0.0.2").map(|r| r.0.port()), Ok(53));
+        assert!(parse::<ResolverAddr>("127.0.0.1:5353").is_ok());
+        assert!(parse::<ResolverAddr>("[::1]:5353").is_ok());
+        for bad in ["dns.internal:53", "127.0.0.1:0", "", "10.0.0.2:"] {
+            assert!(parse::<ResolverAddr>(bad).is_err(), "{bad}");
+        }
         assert!(parse_server_address("127.0.0.1:9001").is_ok());
         assert!(parse_server_address("[::1]:9001").is_ok());
         assert!(parse_server_address("app2.internal:3000").is_ok());

@@ -44,7 +44,7 @@ pub struct Shared {
     /// WebSocket (and other `Upgrade`) tunnels.
     pub tunnels: Arc<crate::proxy::tunnel::TunnelStats>,
     /// Bumped after every snapshot swap, so that background tasks (health
-    /// checks) follow the servers of the current snapshot.
+    /// checks, DNS re-resolution) follow the servers of the current snapshot.
     pub generation: watch::Sender<u64>,
 }
 
@@ -90,6 +90,9 @@ impl Drop for ConnGuard {
     }
 }
 
+/// How long start-up waits for host names in `servers` to resolve.
+const STARTUP_DNS_WAIT: Duration = Duration::from_secs(5);
+
 /// A started balancer: listeners bound, workers running.
 pub struct Server {
     control: Arc<Control>,
@@ -116,7 +119,16 @@ impl Server {
         let (commands, receivers): (Vec<_>, Vec<_>) = (0..workers).map(|_| mpsc::unbounded_channel()).unzip();
         let (control, shared) = Control::start(config, commands)?;
 
-        let mut threads = Vec::with_capacity(workers + 2);
+        let mut threads = Vec::with_capacity(workers + 3);
+        let (dns_thread, first_round) = crate::upstream::resolver::start(shared.clone(), shutdown.subscribe())
+            .context("cannot start the DNS thread")?;
+        threads.push(dns_thread);
+        // As HAProxy's `init-addr last,libc,none`: a name that does not
+        // resolve in time leaves its server down, not the balancer.
+        if !first_round.wait(STARTUP_DNS_WAIT) {
+            tracing::warn!(waited = ?STARTUP_DNS_WAIT, "DNS still resolving; starting with those servers down");
+        }
+
         for (index, commands) in receivers.into_iter().enumerate() {
             let shared = shared.clone();
             let rx = shutdown.subscribe();

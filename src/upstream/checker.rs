@@ -11,7 +11,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::ServerState;
@@ -126,7 +125,7 @@ async fn watch_server(target: Target, mut shutdown: watch::Receiver<bool>) {
             _ = ticker.tick() => {}
             _ = shutdown.changed() => return,
         }
-        let healthy = probe(&server.address, &check).await;
+        let healthy = probe(&server, &check).await;
         server.stats.health_check(healthy);
         if healthy {
             passes += 1;
@@ -144,11 +143,12 @@ async fn watch_server(target: Target, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-/// One check over a fresh connection: healthy when the status is in range
-/// within `timeout`.
-async fn probe(address: &str, check: &HealthCheck) -> bool {
+/// One check over a fresh connection, to the address requests go to:
+/// healthy when the status is in range within `timeout`.
+async fn probe(server: &ServerState, check: &HealthCheck) -> bool {
+    let address = server.address.as_str();
     let attempt = async {
-        let stream = TcpStream::connect(address).await.ok()?;
+        let (stream, _) = server.endpoints.connect().await.ok()?;
         let _ = stream.set_nodelay(true);
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;
         let driver = tokio::spawn(conn);

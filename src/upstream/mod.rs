@@ -1,10 +1,12 @@
 //! Upstreams at run time: each server's shared state (in-flight count,
-//! health, latency, pooled connections), the per-worker balancing state, and
-//! the retry budget.
+//! health, latency, addresses, pooled connections), the per-worker balancing
+//! state, and the retry budget.
 
 pub mod checker;
+pub mod endpoint;
 pub mod health;
 mod pool;
+pub mod resolver;
 
 pub use pool::{ConnectError, PooledConn};
 
@@ -16,6 +18,7 @@ use crate::balance::{Balancer, Candidate};
 use crate::config;
 use crate::observe::metrics::{FailureKind, ServerStats};
 use crate::server::worker;
+use endpoint::Endpoints;
 use health::{PassiveHealth, PeakEwma};
 
 /// One server of an upstream, shared by every worker thread.
@@ -41,6 +44,8 @@ pub struct ServerState {
     slow_start_ms: AtomicU64,
     pub latency: PeakEwma,
     pub stats: ServerStats,
+    /// Where connections go; a host name's addresses change at run time.
+    pub endpoints: Endpoints,
     pool: pool::ConnPool,
 }
 
@@ -59,6 +64,7 @@ impl ServerState {
             slow_start_ms: AtomicU64::new(slow_start_ms(upstream)),
             latency: PeakEwma::default(),
             stats: ServerStats::default(),
+            endpoints: Endpoints::new(&server.address),
             pool: pool::ConnPool::new(
                 server.address.clone(),
                 upstream.keepalive,
@@ -119,9 +125,10 @@ impl ServerState {
         !self.drained() && self.is_healthy(now_ms)
     }
 
-    /// What the health checks (active and passive) say, drain aside.
+    /// What the health checks (active and passive) say, drain aside; a host
+    /// name that never resolved has no address and counts as down.
     pub fn is_healthy(&self, now_ms: u64) -> bool {
-        self.checked_up.load(Ordering::Relaxed) && self.passive.is_up(now_ms)
+        self.checked_up.load(Ordering::Relaxed) && self.passive.is_up(now_ms) && self.endpoints.is_resolved()
     }
 
     pub fn checked_up(&self) -> bool {
@@ -193,6 +200,12 @@ impl ServerState {
     /// A ready connection to this server: a pooled idle one, else a new one.
     pub async fn connect(self: &Arc<Self>, timeout: Duration) -> Result<PooledConn, ConnectError> {
         pool::ConnPool::checkout(self, timeout).await
+    }
+
+    /// Closes idle pooled connections to addresses the server no longer
+    /// has; returns how many.
+    pub fn close_stale_connections(&self) -> usize {
+        self.pool.retain_peers(|peer| self.endpoints.contains(peer))
     }
 
     /// A new connection that can switch protocols (for an `Upgrade`).

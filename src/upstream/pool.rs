@@ -1,18 +1,18 @@
 //! Keep-alive connections to one server, pooled per worker thread: a worker
-//! only ever touches its own slot, so the lock in it is never contended.
+//! only ever touches its own slot, so the lock in it is not contended (the
+//! resolver thread takes it only when a host name's addresses change).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
-
 use super::ServerState;
+use super::endpoint::Endpoints;
 use crate::body::RequestBody;
 use crate::server::worker::{self, PerWorker};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
 
 /// Why no connection to a server could be had.
 #[derive(Debug, thiserror::Error)]
@@ -37,13 +37,14 @@ pub enum ConnectError {
 struct Idle {
     sender: SendRequest<RequestBody>,
     since: Instant,
+    peer: SocketAddr,
+    /// The server's address generation when `peer` was last known current.
+    generation: u64,
 }
 
 #[derive(Debug)]
 pub(super) struct ConnPool {
     address: String,
-    /// Set when the address is an IP literal; host names resolve per connect.
-    socket_addr: Option<SocketAddr>,
     max_idle: AtomicUsize,
     idle_timeout_ms: AtomicU64,
     idle: Box<[PerWorker<Mutex<Vec<Idle>>>]>,
@@ -52,7 +53,6 @@ pub(super) struct ConnPool {
 impl ConnPool {
     pub(super) fn new(address: String, max_idle: usize, idle_timeout: Duration, workers: usize) -> Self {
         ConnPool {
-            socket_addr: address.parse().ok(),
             address,
             max_idle: AtomicUsize::new(max_idle),
             idle_timeout_ms: AtomicU64::new(idle_timeout.as_millis() as u64),
@@ -73,14 +73,21 @@ impl ConnPool {
         &self.idle[worker::current() % self.idle.len()]
     }
 
-    fn take_idle(&self) -> Option<SendRequest<RequestBody>> {
+    /// The newest usable idle connection; one to an address the server no
+    /// longer has is closed, even before the resolver's sweep gets to it.
+    fn take_idle(&self, endpoints: &Endpoints) -> Option<Idle> {
+        let current = endpoints.generation();
         let mut idle = self.slot().lock().unwrap_or_else(|e| e.into_inner());
         // Newest first: the warmest connection is the least likely to have
         // been closed by the server.
         let idle_timeout = Duration::from_millis(self.idle_timeout_ms.load(Ordering::Relaxed));
         while let Some(conn) = idle.pop() {
-            if conn.since.elapsed() < idle_timeout && !conn.sender.is_closed() {
-                return Some(conn.sender);
+            let usable = conn.since.elapsed() < idle_timeout && !conn.sender.is_closed();
+            if usable && (conn.generation == current || endpoints.contains(conn.peer)) {
+                return Some(Idle {
+                    generation: current,
+                    ..conn
+                });
             }
         }
         None
@@ -88,14 +95,16 @@ impl ConnPool {
 
     pub(super) async fn checkout(server: &Arc<ServerState>, timeout: Duration) -> Result<PooledConn, ConnectError> {
         let pool = &server.pool;
-        while let Some(mut sender) = pool.take_idle() {
+        while let Some(mut idle) = pool.take_idle(&server.endpoints) {
             // A connection whose last response just ended becomes ready as
             // soon as its task has seen the end; it cannot stay pending.
-            if sender.ready().await.is_ok() {
+            if idle.sender.ready().await.is_ok() {
                 return Ok(PooledConn {
-                    sender,
+                    sender: idle.sender,
                     server: server.clone(),
                     reused: true,
+                    peer: idle.peer,
+                    generation: idle.generation,
                 });
             }
         }
@@ -103,17 +112,7 @@ impl ConnPool {
     }
 
     pub(super) async fn open_fresh(server: &Arc<ServerState>, timeout: Duration) -> Result<PooledConn, ConnectError> {
-        let pool = &server.pool;
-        let sender = tokio::time::timeout(timeout, pool.open())
-            .await
-            .map_err(|_| ConnectError::Timeout {
-                address: pool.address.clone(),
-            })??;
-        Ok(PooledConn {
-            sender,
-            server: server.clone(),
-            reused: false,
-        })
+        Self::open_new(server, timeout, false).await
     }
 
     /// A new connection that can switch protocols (WebSockets): never a
@@ -122,8 +121,18 @@ impl ConnPool {
         server: &Arc<ServerState>,
         timeout: Duration,
     ) -> Result<PooledConn, ConnectError> {
+        Self::open_new(server, timeout, true).await
+    }
+
+    async fn open_new(
+        server: &Arc<ServerState>,
+        timeout: Duration,
+        upgrades: bool,
+    ) -> Result<PooledConn, ConnectError> {
         let pool = &server.pool;
-        let sender = tokio::time::timeout(timeout, pool.open_with(true))
+        // Read before connecting: a change meanwhile only costs a check on release.
+        let generation = server.endpoints.generation();
+        let (sender, peer) = tokio::time::timeout(timeout, pool.open(&server.endpoints, upgrades))
             .await
             .map_err(|_| ConnectError::Timeout {
                 address: pool.address.clone(),
@@ -132,22 +141,21 @@ impl ConnPool {
             sender,
             server: server.clone(),
             reused: false,
+            peer,
+            generation,
         })
     }
 
-    async fn open(&self) -> Result<SendRequest<RequestBody>, ConnectError> {
-        self.open_with(false).await
-    }
-
-    async fn open_with(&self, upgrades: bool) -> Result<SendRequest<RequestBody>, ConnectError> {
+    async fn open(
+        &self,
+        endpoints: &Endpoints,
+        upgrades: bool,
+    ) -> Result<(SendRequest<RequestBody>, SocketAddr), ConnectError> {
         let io_err = |source| ConnectError::Io {
             address: self.address.clone(),
             source,
         };
-        let stream = match self.socket_addr {
-            Some(addr) => TcpStream::connect(addr).await.map_err(io_err)?,
-            None => TcpStream::connect(self.address.as_str()).await.map_err(io_err)?,
-        };
+        let (stream, peer) = endpoints.connect().await.map_err(io_err)?;
         stream.set_nodelay(true).map_err(io_err)?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
@@ -166,15 +174,22 @@ impl ConnPool {
                 tracing::debug!(%error, "upstream connection ended with an error");
             }
         });
-        Ok(sender)
+        Ok((sender, peer))
     }
 
-    fn put_back(&self, sender: SendRequest<RequestBody>) {
+    fn put_back(&self, sender: SendRequest<RequestBody>, peer: SocketAddr, generation: u64, endpoints: &Endpoints) {
         let max_idle = self.max_idle.load(Ordering::Relaxed);
         if sender.is_closed() || max_idle == 0 {
             return;
         }
         let mut idle = self.slot().lock().unwrap_or_else(|e| e.into_inner());
+        // Checked under the slot's lock, which `retain_peers` also takes
+        // after a change: a connection to an address that went away is
+        // either refused here or swept there.
+        let current = endpoints.generation();
+        if current != generation && !endpoints.contains(peer) {
+            return;
+        }
         while idle.len() >= max_idle {
             // Keep the newest; the oldest is the closest to its idle timeout.
             idle.remove(0);
@@ -182,7 +197,22 @@ impl ConnPool {
         idle.push(Idle {
             sender,
             since: Instant::now(),
+            peer,
+            generation: current,
         });
+    }
+
+    /// Closes the idle connections (of every worker) whose peer `keep`
+    /// rejects. Called by the resolver when a host name's addresses change.
+    pub(super) fn retain_peers(&self, keep: impl Fn(SocketAddr) -> bool) -> usize {
+        let mut closed = 0;
+        for slot in self.idle.iter() {
+            let mut idle = slot.lock().unwrap_or_else(|e| e.into_inner());
+            let before = idle.len();
+            idle.retain(|conn| keep(conn.peer));
+            closed += before - idle.len();
+        }
+        closed
     }
 }
 
@@ -194,12 +224,19 @@ pub struct PooledConn {
     /// Whether it had served a request before (a reused connection the server
     /// closed meanwhile fails differently from a fresh one).
     pub reused: bool,
+    /// The address it is connected to.
+    peer: SocketAddr,
+    /// The server's address generation when `peer` was known current.
+    generation: u64,
 }
 
 impl PooledConn {
     /// Returns the connection to the pool once its response has been read to
     /// the end; a connection dropped instead is closed.
     pub fn release(self) {
-        self.server.pool.put_back(self.sender);
+        let server = &self.server;
+        server
+            .pool
+            .put_back(self.sender, self.peer, self.generation, &server.endpoints);
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod browser;
 mod client;
+pub mod dns;
 mod process;
 mod redis;
 pub mod tls;
@@ -73,6 +74,16 @@ pub async fn backends(names: &[&str]) -> Vec<BackendHandle> {
 
 fn spawn_backend(name: &str) -> BackendHandle {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a backend port");
+    serve_backend(listener, name)
+}
+
+/// Starts an in-process backend on `addr` (any address of 127/8), or says
+/// why it cannot bind there.
+pub fn backend_at(addr: std::net::SocketAddr, name: &str) -> std::io::Result<BackendHandle> {
+    Ok(serve_backend(std::net::TcpListener::bind(addr)?, name))
+}
+
+fn serve_backend(listener: std::net::TcpListener, name: &str) -> BackendHandle {
     listener
         .set_nonblocking(true)
         .expect("make the backend listener non-blocking");

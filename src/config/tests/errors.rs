@@ -197,6 +197,27 @@ fn semantic_rules_are_checked_where_they_break() {
 }
 
 #[test]
+fn dns_settings_are_checked() {
+    let global = |keys: &str| format!("[global]\n{keys}\n{BASE}");
+    assert_error(
+        &global("dns_refresh = \"500ms\""),
+        "\"500ms\"",
+        "global.dns_refresh",
+        "at least 1s",
+    );
+    assert_error(
+        &global("resolver = \"dns.internal:53\""),
+        "\"dns.internal:53\"",
+        "global.resolver",
+        "expected an IP address",
+    );
+    assert_eq!(
+        parse_ok(&global("resolver = \"10.0.0.2\"")).global.resolver,
+        Some("10.0.0.2:53".parse().unwrap())
+    );
+}
+
+#[test]
 fn compress_takes_gzip_and_br_once_each() {
     assert_error(
         &in_route("compress = [\"gzip\", \"zstd\"]"),

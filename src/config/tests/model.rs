@@ -13,6 +13,8 @@ admin_listen = "127.0.0.1:9900"
 shutdown_grace = "1m30s"
 access_log = "off"
 log_level = "debug"
+resolver = "127.0.0.1:5353"
+dns_refresh = "10s"
 
 [[listeners]]
 name = "web"
@@ -86,6 +88,8 @@ fn a_full_file_becomes_the_model() {
     assert_eq!(config.global.admin_listen, Some("127.0.0.1:9900".parse().unwrap()));
     assert_eq!(config.global.log_level.as_deref(), Some("debug"));
     assert_eq!(config.global.access_log, AccessLog::Off);
+    assert_eq!(config.global.resolver, Some("127.0.0.1:5353".parse().unwrap()));
+    assert_eq!(config.global.dns_refresh, Duration::from_secs(10));
 
     let web = &config.listeners[0];
     assert_eq!(web.listen, "0.0.0.0:8080".parse().unwrap());
@@ -182,6 +186,8 @@ fn omitted_keys_take_their_defaults() {
     assert_eq!(config.global.shutdown_grace, Duration::from_secs(30));
     assert_eq!(config.global.access_log, AccessLog::Off);
     assert_eq!(config.global.admin_listen, None);
+    assert_eq!(config.global.resolver, None);
+    assert_eq!(config.global.dns_refresh, Duration::from_secs(5));
     let l = &config.listeners[0];
     assert_eq!((l.max_connections, l.max_connections_per_ip), (10_000, 0));
     assert_eq!(l.request_header_timeout, Duration::from_secs(10));

@@ -78,6 +78,24 @@ fn global(g: &GlobalSpec, sink: &mut Sink) -> Global {
         },
         admin_listen: g.admin_listen.as_ref().map(|a| a.get_ref().0),
         admin_token: g.admin_token.as_ref().map(|t| t.get_ref().clone()),
+        resolver: g.resolver.as_ref().map(|r| r.get_ref().0),
+        dns_refresh: dns_refresh(g.dns_refresh.as_ref(), sink),
+    }
+}
+
+/// Shortest `dns_refresh`: resolving a name more often than once a second
+/// only loads the DNS server.
+const MIN_DNS_REFRESH: Duration = Duration::from_secs(1);
+
+fn dns_refresh(value: Option<&Spanned<DurationStr>>, sink: &mut Sink) -> Duration {
+    let default = Duration::from_secs(5);
+    match value {
+        None => default,
+        Some(d) if d.get_ref().0 < MIN_DNS_REFRESH => {
+            sink.error(Some(d.span()), "dns_refresh must be at least 1s");
+            default
+        }
+        Some(d) => d.get_ref().0,
     }
 }
 
