@@ -40,6 +40,15 @@ pub(super) async fn serve(
     shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
+    // Nothing is allocated for a connection until it has something to say:
+    // an idle new connection costs its socket and this small task only.
+    if tokio::time::timeout(listener.request_header_timeout, stream.readable())
+        .await
+        .is_err()
+    {
+        tracing::debug!(client = %client.peer, "nothing received within request_header_timeout");
+        return;
+    }
     let activity = Arc::new(Activity::default());
     let io = TimedIo::new(
         stream,
@@ -67,10 +76,10 @@ pub(super) async fn serve(
     };
     let Some(tls) = &listener.tls else {
         match preface::sniff(io).await {
-            Ok((Protocol::Http1, io)) => serve_http1(io, service, listener, peer, shutdown).await,
+            Ok((Protocol::Http1, io)) => Box::pin(serve_http1(io, service, listener, peer, shutdown)).await,
             Ok((Protocol::Http2, mut io)) => {
                 io.get_mut().pass_through();
-                http2::serve(io, service, listener, &activity, shutdown).await;
+                Box::pin(http2::serve(io, service, listener, &activity, shutdown)).await;
             }
             Err(error) => tracing::debug!(%error, client = %peer, "client connection ended before a request"),
         }
@@ -79,7 +88,8 @@ pub(super) async fn serve(
     // The handshake gets the time a request head would: a client that
     // connects and says nothing cannot hold a connection slot for long.
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config.clone());
-    let mut stream = match tokio::time::timeout(listener.request_header_timeout, acceptor.accept(io)).await {
+    let accept = Box::pin(acceptor.accept(io));
+    let mut stream = match tokio::time::timeout(listener.request_header_timeout, accept).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(error)) => {
             tracing::debug!(%error, client = %peer, "TLS handshake failed");
@@ -93,10 +103,10 @@ pub(super) async fn serve(
     let (io, session) = stream.get_mut();
     if session.alpn_protocol() == Some(crate::tls::ALPN_H2) {
         io.pass_through();
-        http2::serve(stream, service, listener, &activity, shutdown).await;
+        Box::pin(http2::serve(stream, service, listener, &activity, shutdown)).await;
     } else {
         io.restart_head();
-        serve_http1(stream, service, listener, peer, shutdown).await;
+        Box::pin(serve_http1(stream, service, listener, peer, shutdown)).await;
     }
 }
 

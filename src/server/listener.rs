@@ -193,7 +193,9 @@ pub(super) async fn accept_loop(l: WorkerListener, shared: Arc<Shared>, tracker:
                     super::conn::serve(stream, client, listener, shared.clone(), stop).await;
                 }
                 Role::Redirect { https_port } => {
-                    super::redirect::serve(stream, https_port, listener, stop).await;
+                    // Boxed: its HTTP connection would otherwise make every
+                    // connection task of the worker as large as itself.
+                    Box::pin(super::redirect::serve(stream, https_port, listener, stop)).await;
                     drop(held);
                 }
             }
