@@ -199,6 +199,8 @@ servers = [ {servers} ]
     println!("  curl -s http://{addr}/echo              # what the backend received (X-Forwarded-*, X-Request-Id)");
     println!("  curl -i http://{addr}/delay/500          # a slow answer");
     println!("  curl -i http://{addr}/lb-health          # answered by the balancer itself");
+    println!("  curl -s --http2-prior-knowledge http://{addr}/   # HTTP/2 (h2c) on the same listener");
+    println!("  websocat ws://{addr}/ws                 # WebSocket echo through the balancer (any WebSocket client)");
     println!("  curl -s http://127.0.0.1:9900/api/upstreams   # admin API: servers, state, in-flight, latency");
     println!("  open http://127.0.0.1:9900/                    # the live dashboard, in a browser");
     println!();
