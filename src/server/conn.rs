@@ -39,23 +39,20 @@ pub(super) async fn serve(
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let _ = stream.set_nodelay(true);
-    // Nothing is allocated for a connection until it has something to say:
-    // an idle new connection costs its socket and this small task only.
-    if tokio::time::timeout(listener.request_header_timeout, stream.readable())
-        .await
-        .is_err()
-    {
-        tracing::debug!(client = %client.peer, "nothing received within request_header_timeout");
-        return;
-    }
+    // TCP_NODELAY comes from the listening socket (inherited at accept).
     let activity = Arc::new(Activity::default());
-    let io = TimedIo::new(
+    let mut io = TimedIo::new(
         stream,
         activity.clone(),
         listener.request_header_timeout,
         listener.keepalive_timeout,
     );
+    // No buffer is allocated for a connection until it has something to
+    // say: an idle new connection costs its socket and this small task.
+    if let Err(error) = io.readable().await {
+        tracing::debug!(%error, client = %client.peer, "client connection ended before a request");
+        return;
+    }
     let peer = client.peer;
     let client = Arc::new(client);
     let service = {
@@ -271,6 +268,25 @@ impl TimedIo {
     pub(super) fn restart_head(&mut self) {
         self.phase = Phase::Head;
         self.deadline = Instant::now() + self.header_timeout;
+    }
+
+    /// Waits until the client has sent something (or closed), within the
+    /// request-header deadline, without reading anything.
+    async fn readable(&mut self) -> io::Result<()> {
+        std::future::poll_fn(|cx| {
+            // An error shows itself again on the first read.
+            if self.stream.poll_read_ready(cx).is_ready() {
+                return Poll::Ready(Ok(()));
+            }
+            match self.poll_deadline(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "nothing received within request_header_timeout",
+                ))),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
     }
 
     /// Polls the phase's deadline: `Ready` once it has passed.

@@ -202,3 +202,20 @@ pub(super) async fn accept_loop(l: WorkerListener, shared: Arc<Shared>, tracker:
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Accepted sockets inherit TCP_NODELAY from the listening one (Linux
+    /// copies the option at accept), so connections need no setsockopt of
+    /// their own: one system call less per connection.
+    #[test]
+    fn accepted_connections_inherit_nodelay() {
+        let (addr, sockets) = bind("127.0.0.1:0".parse().unwrap(), 1).unwrap();
+        let _client = std::net::TcpStream::connect(addr).unwrap();
+        sockets[0].set_nonblocking(false).unwrap();
+        let (accepted, _) = sockets[0].accept().unwrap();
+        assert!(accepted.nodelay().unwrap());
+    }
+}

@@ -26,7 +26,7 @@ pub(super) async fn serve(
     listener: &Listener,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let _ = stream.set_nodelay(true);
+    // TCP_NODELAY comes from the listening socket (inherited at accept).
     // The same slow-loris guard as the TLS listener's.
     let io = TimedIo::new(
         stream,
