@@ -24,6 +24,8 @@ pub enum BodyError {
     UpstreamTimeout(Duration),
     #[error("body stream failed")]
     Stream(#[source] hyper::Error),
+    #[error("client body failed: {0}")]
+    Client(String),
     #[error("response compression failed")]
     Compress(#[source] std::io::Error),
 }
@@ -43,13 +45,45 @@ impl BodyError {
     }
 }
 
+/// A client's request body as the protocol that received it hands it over.
+#[derive(Debug)]
+pub enum ClientBody {
+    /// From hyper's server (HTTP/2, and HTTP/1 until our own codec serves it).
+    Hyper(Incoming),
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match &mut *self {
+            ClientBody::Hyper(inner) => Pin::new(inner)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|f| f.map_err(BodyError::Stream))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Hyper(inner) => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Hyper(inner) => inner.size_hint(),
+        }
+    }
+}
+
 /// A request body forwarded upstream.
 #[derive(Debug)]
 pub enum RequestBody {
     /// The client's body, streamed, failing once it passes `limit_bytes`
     /// (chunked bodies have no length to check up front).
     Stream {
-        inner: Incoming,
+        inner: ClientBody,
         limit_bytes: u64,
         seen_bytes: u64,
     },
@@ -58,7 +92,7 @@ pub enum RequestBody {
 }
 
 impl RequestBody {
-    pub fn limited(inner: Incoming, limit_bytes: u64) -> Self {
+    pub fn limited(inner: ClientBody, limit_bytes: u64) -> Self {
         RequestBody::Stream {
             inner,
             limit_bytes,
@@ -81,7 +115,7 @@ impl Body for RequestBody {
             } => {
                 let frame = match ready!(Pin::new(inner).poll_frame(cx)) {
                     None => return Poll::Ready(None),
-                    Some(Err(e)) => return Poll::Ready(Some(Err(BodyError::Stream(e)))),
+                    Some(Err(e)) => return Poll::Ready(Some(Err(e))),
                     Some(Ok(frame)) => frame,
                 };
                 if let Some(data) = frame.data_ref() {

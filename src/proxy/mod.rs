@@ -16,9 +16,8 @@ use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use http_body::Body as _;
-use hyper::body::Incoming;
 
-use crate::body::{BodyError, RequestBody, ResponseBody, UpstreamBody};
+use crate::body::{BodyError, ClientBody, RequestBody, ResponseBody, UpstreamBody};
 use crate::compress;
 use crate::config::{Listener, ListenerId, Route, RouteAction};
 use crate::observe::access_log::{Answer, LoggedBody};
@@ -68,7 +67,7 @@ impl std::fmt::Debug for ClientInfo {
 
 /// Answers one client request. The response body writes the request's
 /// access-log line when it ends.
-pub async fn handle(req: Request<Incoming>, client: &Arc<ClientInfo>, shared: &Shared) -> Response<LoggedBody> {
+pub async fn handle(req: Request<ClientBody>, client: &Arc<ClientInfo>, shared: &Shared) -> Response<LoggedBody> {
     let snapshot = shared.snapshot.load_full();
     let request_id = headers::request_id(req.headers());
     let started = Instant::now();
@@ -123,7 +122,7 @@ struct Meta {
 }
 
 async fn forward(
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     client: &Arc<ClientInfo>,
     (listener_id, listener): (ListenerId, &Listener),
     shared: &Shared,
@@ -166,7 +165,7 @@ async fn forward(
     let idempotent = is_idempotent(req.method());
     let compress = compress::Plan::for_request(route.compress, &req);
     let mut req = req;
-    let upgrade = tunnel::requested(req.headers()).map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
+    let upgrade = tunnel::requested(req.headers()).map(|protocol| (protocol, tunnel::client_side(&mut req)));
     let (parts, body) = req.into_parts();
     let body = request_body(body, &parts.headers, listener, route, idempotent).await?;
     let mut upstream_req = upstream_request(parts, body, client, route, request_id)?;
@@ -181,7 +180,7 @@ async fn forward(
         .flatten();
     finish_response(&mut response, route, listener, &server);
     if switched {
-        let upstream_side = response.extensions_mut().remove::<hyper::upgrade::OnUpgrade>();
+        let upstream_side = response.extensions_mut().remove::<tunnel::Pending>();
         match (upgrade, upstream_side) {
             (Some((_, client_side)), Some(upstream_side)) => {
                 tunnel::answer_client(response.headers_mut(), protocol);
@@ -361,7 +360,7 @@ fn respond(route: &Route, status: http::StatusCode, body: bytes::Bytes) -> Respo
 /// enforced as it flows), or read whole first when it is small and the
 /// request may be retried.
 async fn request_body(
-    body: Incoming,
+    body: ClientBody,
     headers: &http::HeaderMap,
     listener: &Listener,
     route: &Route,
@@ -487,7 +486,7 @@ async fn send(
             }
             Ok(Ok(mut response)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 // The connection now belongs to the tunnel, never the pool.
-                let switched = hyper::upgrade::on(&mut response);
+                let switched = tunnel::Pending::from_hyper(hyper::upgrade::on(&mut response));
                 let (mut parts, _) = response.into_parts();
                 parts.extensions.insert(switched);
                 return Ok(Response::from_parts(parts, ResponseBody::empty()));

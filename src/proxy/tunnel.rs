@@ -6,9 +6,10 @@
 //! snapshot, so reloads never cut it; shutdown lets it run up to
 //! `shutdown_grace`.
 
+use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -20,6 +21,60 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::ClientInfo;
 use crate::upstream::health::now_ms;
 use crate::upstream::{ActiveGuard, ServerState};
+
+/// A byte stream a tunnel runs over: either side's connection once it has
+/// switched protocols (with any bytes read past the switch put back in front).
+pub trait TunnelIo: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> TunnelIo for T {}
+
+type Switch = Pin<Box<dyn Future<Output = std::io::Result<Box<dyn TunnelIo>>> + Send>>;
+
+/// One side's connection, once its switch of protocols has completed: the
+/// client's when its 101 has been written, the upstream's when its 101 has
+/// been read. Whichever protocol code owns the connection makes one; it
+/// travels in a response's extensions (hence `Clone`), and is taken once.
+#[derive(Clone)]
+pub struct Pending(Arc<Mutex<Option<Switch>>>);
+
+impl Pending {
+    pub fn new(switch: impl Future<Output = std::io::Result<Box<dyn TunnelIo>>> + Send + 'static) -> Self {
+        Pending(Arc::new(Mutex::new(Some(Box::pin(switch)))))
+    }
+
+    /// A connection hyper will hand over once it has switched.
+    pub fn from_hyper(on: OnUpgrade) -> Self {
+        Pending::new(async move {
+            let upgraded = on.await.map_err(std::io::Error::other)?;
+            Ok(Box::new(TokioIo::new(upgraded)) as Box<dyn TunnelIo>)
+        })
+    }
+
+    /// The connection, once switched (an error if it never switches or was
+    /// already taken).
+    async fn switched(self) -> std::io::Result<Box<dyn TunnelIo>> {
+        let switch = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match switch {
+            Some(switch) => switch.await,
+            None => Err(std::io::Error::other("connection already taken")),
+        }
+    }
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("tunnel::Pending")
+    }
+}
+
+/// The client's side of an upgrade request: the switch its own protocol
+/// code announced in the request's extensions, or hyper's.
+pub(super) fn client_side<B>(req: &mut http::Request<B>) -> Pending {
+    match req.extensions_mut().remove::<Pending>() {
+        Some(pending) => pending,
+        None => Pending::from_hyper(hyper::upgrade::on(req)),
+    }
+}
 
 /// Tunnels open now and ever, for the metrics.
 #[derive(Debug, Default)]
@@ -60,8 +115,8 @@ pub(super) fn answer_client(headers: &mut HeaderMap, protocol: Option<HeaderValu
 /// (`client`) and the upstream's (`upstream`). Counts it on the server, as
 /// an in-flight request, for as long as it lives, so least_conn sees it.
 pub(super) fn spawn(
-    client: OnUpgrade,
-    upstream: OnUpgrade,
+    client: Pending,
+    upstream: Pending,
     server: Arc<ServerState>,
     conn: Arc<ClientInfo>,
     stats: Arc<TunnelStats>,
@@ -71,12 +126,12 @@ pub(super) fn spawn(
     stats.total.fetch_add(1, Ordering::Relaxed);
     stats.active.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(async move {
-        let (client_io, upstream_io) = tokio::join!(client, upstream);
+        let (client_io, upstream_io) = tokio::join!(client.switched(), upstream.switched());
         match (client_io, upstream_io) {
             (Ok(c), Ok(u)) => {
                 let last = Arc::new(AtomicU64::new(now_ms()));
-                let mut c = Watched::new(TokioIo::new(c), last.clone());
-                let mut u = Watched::new(TokioIo::new(u), last.clone());
+                let mut c = Watched::new(c, last.clone());
+                let mut u = Watched::new(u, last.clone());
                 let copy = tokio::io::copy_bidirectional(&mut c, &mut u);
                 tokio::pin!(copy);
                 let idle_ms = idle.as_millis() as u64;

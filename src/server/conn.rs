@@ -26,7 +26,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::preface::{self, Protocol};
 use super::{Shared, http2};
-use crate::body::BodyError;
+use crate::body::{BodyError, ClientBody};
 use crate::config::Listener;
 use crate::observe::access_log::LoggedBody;
 use crate::proxy::{self, ClientInfo};
@@ -62,7 +62,7 @@ pub(super) async fn serve(
             let client = client.clone();
             let shared = shared.clone();
             async move {
-                let response = proxy::handle(req, &client, &shared).await;
+                let response = proxy::handle(req.map(ClientBody::Hyper), &client, &shared).await;
                 if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                     // The socket becomes a tunnel with its own idle timeout.
                     guard.0.tunnel.store(true, Ordering::Release);
