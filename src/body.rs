@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use tokio::time::Sleep;
 
 use crate::compress::CompressedBody;
+use crate::upstream::h1::{DecodeError, Decoded, Decoder, Framing};
 use crate::upstream::{ActiveGuard, PooledConn};
 
 /// Why a body stream stopped early.
@@ -26,6 +27,10 @@ pub enum BodyError {
     Stream(#[source] hyper::Error),
     #[error("client body failed: {0}")]
     Client(String),
+    #[error("upstream body read failed")]
+    UpstreamIo(#[source] std::io::Error),
+    #[error("upstream body malformed")]
+    UpstreamFraming(#[source] DecodeError),
     #[error("response compression failed")]
     Compress(#[source] std::io::Error),
 }
@@ -180,7 +185,7 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ResponseBody::Full(data) => data.is_none(),
-            ResponseBody::Upstream(body) => body.inner.is_end_stream(),
+            ResponseBody::Upstream(body) => body.is_end_stream(),
             ResponseBody::Compressed(body) => body.is_end_stream(),
         }
     }
@@ -188,19 +193,22 @@ impl Body for ResponseBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ResponseBody::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
-            ResponseBody::Upstream(body) => body.inner.size_hint(),
+            ResponseBody::Upstream(body) => body.size_hint(),
             ResponseBody::Compressed(body) => body.size_hint(),
         }
     }
 }
 
-/// An upstream response body: hands its connection back to the pool when it
-/// has been read to the end, and fails when the upstream goes quiet for longer
-/// than the route's `read_timeout`.
+/// An upstream response body, read straight off its connection: hands the
+/// connection back to the pool when the body has been read to the end (and
+/// the server keeps it open), and fails when the upstream goes quiet for
+/// longer than the route's `read_timeout`.
 #[derive(Debug)]
 pub struct UpstreamBody {
-    inner: Incoming,
     conn: Option<PooledConn>,
+    decoder: Decoder,
+    /// The connection may carry another request once this body is read.
+    reusable: bool,
     read_timeout: Duration,
     /// Armed only while waiting: most small bodies never need a timer.
     idle_timer: Option<Pin<Box<Sleep>>>,
@@ -208,24 +216,38 @@ pub struct UpstreamBody {
 }
 
 impl UpstreamBody {
-    pub fn new(inner: Incoming, conn: PooledConn, read_timeout: Duration, active: ActiveGuard) -> Self {
+    pub fn new(
+        conn: PooledConn,
+        framing: Framing,
+        reusable: bool,
+        read_timeout: Duration,
+        active: ActiveGuard,
+    ) -> Self {
         let mut body = UpstreamBody {
-            inner,
             conn: Some(conn),
+            decoder: Decoder::new(framing),
+            reusable,
             read_timeout,
             idle_timer: None,
             _active: active,
         };
-        if body.inner.is_end_stream() {
+        if body.decoder.is_done() {
             body.release();
         }
         body
     }
 
     fn release(&mut self) {
-        if let Some(conn) = self.conn.take() {
+        if let Some(conn) = self.conn.take()
+            && self.reusable
+        {
             conn.release();
         }
+    }
+
+    fn fail(&mut self, error: BodyError) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        self.conn = None;
+        Poll::Ready(Some(Err(error)))
     }
 }
 
@@ -235,45 +257,61 @@ impl Body for UpstreamBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(None) => {
+        loop {
+            if this.decoder.is_done() {
                 this.release();
-                Poll::Ready(None)
+                return Poll::Ready(None);
             }
-            Poll::Ready(Some(Err(e))) => {
-                this.conn = None;
-                Poll::Ready(Some(Err(BodyError::Stream(e))))
-            }
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(timer) = &mut this.idle_timer {
-                    timer.as_mut().reset(tokio::time::Instant::now() + this.read_timeout);
-                }
-                if this.inner.is_end_stream() {
-                    this.release();
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Pending => {
-                let read_timeout = this.read_timeout;
-                let timer = this
-                    .idle_timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(read_timeout)));
-                match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => {
-                        this.conn = None;
-                        Poll::Ready(Some(Err(BodyError::UpstreamTimeout(read_timeout))))
+            // Gone after a failure: nothing more comes.
+            let Some(pooled) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match this.decoder.decode(pooled.conn.buf()) {
+                Err(error) => return this.fail(BodyError::UpstreamFraming(error)),
+                Ok(Decoded::Done) => continue,
+                Ok(Decoded::Data(data)) => {
+                    if let Some(timer) = &mut this.idle_timer {
+                        timer.as_mut().reset(tokio::time::Instant::now() + this.read_timeout);
                     }
-                    Poll::Pending => Poll::Pending,
+                    if this.decoder.is_done() {
+                        this.release();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Decoded::NeedMore) => {}
+            }
+            match pooled.conn.poll_fill(cx) {
+                Poll::Ready(Ok(0)) => {
+                    // Only a body delimited by the close may end here.
+                    this.reusable = false;
+                    if let Err(error) = this.decoder.eof() {
+                        return this.fail(BodyError::UpstreamFraming(error));
+                    }
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(error)) => return this.fail(BodyError::UpstreamIo(error)),
+                Poll::Pending => {
+                    let read_timeout = this.read_timeout;
+                    let timer = this
+                        .idle_timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(read_timeout)));
+                    return match timer.as_mut().poll(cx) {
+                        Poll::Ready(()) => this.fail(BodyError::UpstreamTimeout(read_timeout)),
+                        Poll::Pending => Poll::Pending,
+                    };
                 }
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.decoder.is_done()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self.decoder.remaining() {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
     }
 }

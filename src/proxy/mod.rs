@@ -24,6 +24,7 @@ use crate::observe::access_log::{Answer, LoggedBody};
 use crate::observe::metrics::FailureKind;
 use crate::router::{self, RouteId};
 use crate::server::{ListenerSlot, Shared, Snapshot};
+use crate::upstream::h1::SendError;
 use crate::upstream::{ActiveGuard, ConnectError, NoServer, ServerState, UpstreamPool};
 
 /// What the proxy knows about the client side of a request. One per client
@@ -452,22 +453,19 @@ async fn send(
     route: &Route,
 ) -> Result<Response<ResponseBody>, Failed> {
     let active = ActiveGuard::new(server.clone());
-    // Only an upgrade request still has `Upgrade` here (hop-by-hop).
-    let upgrading = req.headers().contains_key(header::UPGRADE);
     let mut req = req;
-    // A pooled connection the server closed meanwhile hands the request back
-    // unsent; that one retry on a fresh connection is always safe.
-    let mut fresh_only = false;
+    // Only an upgrade request still has `Upgrade` here (hop-by-hop); the
+    // switch takes its connection over, so it gets a new one.
+    let mut fresh_only = req.headers().contains_key(header::UPGRADE);
+    let mut reconnected = false;
     loop {
-        let connected = if upgrading {
-            server.connect_upgradable(route.connect_timeout).await
-        } else if fresh_only {
+        let connected = if fresh_only {
             server.connect_fresh(route.connect_timeout).await
         } else {
             server.connect(route.connect_timeout).await
         };
-        let mut conn = match connected {
-            Ok(conn) => conn,
+        let mut pooled = match connected {
+            Ok(pooled) => pooled,
             Err(e) => {
                 return Err(Failed {
                     error: connect_error(e, server),
@@ -475,7 +473,7 @@ async fn send(
                 });
             }
         };
-        let sent = tokio::time::timeout(route.read_timeout, conn.sender.try_send_request(req)).await;
+        let sent = tokio::time::timeout(route.read_timeout, pooled.conn.send(&mut req)).await;
         match sent {
             Err(_elapsed) => {
                 tracing::debug!(server = %server.address, "upstream response timed out");
@@ -484,40 +482,39 @@ async fn send(
                     unsent: None,
                 });
             }
-            Ok(Ok(mut response)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            Ok(Ok(head)) if head.parts.status == StatusCode::SWITCHING_PROTOCOLS => {
                 // The connection now belongs to the tunnel, never the pool.
-                let switched = tunnel::Pending::from_hyper(hyper::upgrade::on(&mut response));
-                let (mut parts, _) = response.into_parts();
-                parts.extensions.insert(switched);
+                let switched = pooled.conn.into_switched();
+                let pending = tunnel::Pending::new(async move { Ok(Box::new(switched) as Box<dyn tunnel::TunnelIo>) });
+                let mut parts = head.parts;
+                parts.extensions.insert(pending);
                 return Ok(Response::from_parts(parts, ResponseBody::empty()));
             }
-            Ok(Ok(response)) => {
-                let (parts, body) = response.into_parts();
-                let body = UpstreamBody::new(body, conn, route.read_timeout, active);
-                return Ok(Response::from_parts(parts, ResponseBody::Upstream(body)));
+            Ok(Ok(head)) => {
+                let body = UpstreamBody::new(pooled, head.framing, head.reusable, route.read_timeout, active);
+                return Ok(Response::from_parts(head.parts, ResponseBody::Upstream(body)));
             }
-            Ok(Err(mut error)) => {
-                let unsent = error.take_message();
-                let error = error.into_error();
-                if let Some(BodyError::TooLarge { .. }) = BodyError::find(&error) {
+            Ok(Err(failed)) => {
+                if let SendError::Body(BodyError::TooLarge { .. }) = failed.error {
                     return Err(Failed {
                         error: ProxyError::BodyTooLarge,
                         unsent: None,
                     });
                 }
-                match unsent {
-                    Some(back) if conn.reused && !fresh_only => {
-                        req = back;
-                        fresh_only = true;
-                    }
-                    unsent => {
-                        tracing::debug!(server = %server.address, %error, "upstream request failed");
-                        return Err(Failed {
-                            error: ProxyError::UpstreamFailed,
-                            unsent,
-                        });
-                    }
+                // A pooled connection the server closed meanwhile: the one
+                // retry on a new connection is safe when the request never
+                // reached it, or may be sent twice anyway.
+                let again = failed.replayable && (!failed.reached || is_idempotent(req.method()));
+                if pooled.reused && again && !reconnected {
+                    reconnected = true;
+                    fresh_only = true;
+                    continue;
                 }
+                tracing::debug!(server = %server.address, error = %failed.error, "upstream request failed");
+                return Err(Failed {
+                    error: ProxyError::UpstreamFailed,
+                    unsent: failed.replayable.then_some(req),
+                });
             }
         }
     }
@@ -527,7 +524,7 @@ fn connect_error(error: ConnectError, server: &ServerState) -> ProxyError {
     tracing::debug!(server = %server.address, %error, "upstream connect failed");
     match error {
         ConnectError::Timeout { .. } => ProxyError::ConnectTimeout,
-        ConnectError::Io { .. } | ConnectError::Handshake { .. } => ProxyError::ConnectFailed,
+        ConnectError::Io { .. } => ProxyError::ConnectFailed,
     }
 }
 

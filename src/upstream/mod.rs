@@ -4,6 +4,7 @@
 
 pub mod checker;
 pub mod endpoint;
+pub mod h1;
 pub mod health;
 mod pool;
 pub mod resolver;
@@ -209,10 +210,6 @@ impl ServerState {
     }
 
     /// A new connection that can switch protocols (for an `Upgrade`).
-    pub async fn connect_upgradable(self: &Arc<Self>, timeout: Duration) -> Result<PooledConn, ConnectError> {
-        pool::ConnPool::open_upgradable(self, timeout).await
-    }
-
     /// A new connection, bypassing the idle ones.
     pub async fn connect_fresh(self: &Arc<Self>, timeout: Duration) -> Result<PooledConn, ConnectError> {
         pool::ConnPool::open_fresh(self, timeout).await

@@ -9,10 +9,8 @@ use std::time::{Duration, Instant};
 
 use super::ServerState;
 use super::endpoint::Endpoints;
-use crate::body::RequestBody;
+use super::h1::Conn;
 use crate::server::worker::{self, PerWorker};
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
 
 /// Why no connection to a server could be had.
 #[derive(Debug, thiserror::Error)]
@@ -25,17 +23,11 @@ pub enum ConnectError {
         #[source]
         source: std::io::Error,
     },
-    #[error("HTTP handshake with {address} failed")]
-    Handshake {
-        address: String,
-        #[source]
-        source: hyper::Error,
-    },
 }
 
 #[derive(Debug)]
 struct Idle {
-    sender: SendRequest<RequestBody>,
+    conn: Conn,
     since: Instant,
     peer: SocketAddr,
     /// The server's address generation when `peer` was last known current.
@@ -81,12 +73,12 @@ impl ConnPool {
         // Newest first: the warmest connection is the least likely to have
         // been closed by the server.
         let idle_timeout = Duration::from_millis(self.idle_timeout_ms.load(Ordering::Relaxed));
-        while let Some(conn) = idle.pop() {
-            let usable = conn.since.elapsed() < idle_timeout && !conn.sender.is_closed();
-            if usable && (conn.generation == current || endpoints.contains(conn.peer)) {
+        while let Some(mut idle_conn) = idle.pop() {
+            let usable = idle_conn.since.elapsed() < idle_timeout && idle_conn.conn.is_usable();
+            if usable && (idle_conn.generation == current || endpoints.contains(idle_conn.peer)) {
                 return Some(Idle {
                     generation: current,
-                    ..conn
+                    ..idle_conn
                 });
             }
         }
@@ -95,50 +87,29 @@ impl ConnPool {
 
     pub(super) async fn checkout(server: &Arc<ServerState>, timeout: Duration) -> Result<PooledConn, ConnectError> {
         let pool = &server.pool;
-        while let Some(mut idle) = pool.take_idle(&server.endpoints) {
-            // A connection whose last response just ended becomes ready as
-            // soon as its task has seen the end; it cannot stay pending.
-            if idle.sender.ready().await.is_ok() {
-                return Ok(PooledConn {
-                    sender: idle.sender,
-                    server: server.clone(),
-                    reused: true,
-                    peer: idle.peer,
-                    generation: idle.generation,
-                });
-            }
+        if let Some(idle) = pool.take_idle(&server.endpoints) {
+            return Ok(PooledConn {
+                conn: idle.conn,
+                server: server.clone(),
+                reused: true,
+                peer: idle.peer,
+                generation: idle.generation,
+            });
         }
         Self::open_fresh(server, timeout).await
     }
 
     pub(super) async fn open_fresh(server: &Arc<ServerState>, timeout: Duration) -> Result<PooledConn, ConnectError> {
-        Self::open_new(server, timeout, false).await
-    }
-
-    /// A new connection that can switch protocols (WebSockets): never a
-    /// pooled one, since the switch takes it over.
-    pub(super) async fn open_upgradable(
-        server: &Arc<ServerState>,
-        timeout: Duration,
-    ) -> Result<PooledConn, ConnectError> {
-        Self::open_new(server, timeout, true).await
-    }
-
-    async fn open_new(
-        server: &Arc<ServerState>,
-        timeout: Duration,
-        upgrades: bool,
-    ) -> Result<PooledConn, ConnectError> {
         let pool = &server.pool;
         // Read before connecting: a change meanwhile only costs a check on release.
         let generation = server.endpoints.generation();
-        let (sender, peer) = tokio::time::timeout(timeout, pool.open(&server.endpoints, upgrades))
+        let (conn, peer) = tokio::time::timeout(timeout, pool.open(&server.endpoints))
             .await
             .map_err(|_| ConnectError::Timeout {
                 address: pool.address.clone(),
             })??;
         Ok(PooledConn {
-            sender,
+            conn,
             server: server.clone(),
             reused: false,
             peer,
@@ -146,40 +117,19 @@ impl ConnPool {
         })
     }
 
-    async fn open(
-        &self,
-        endpoints: &Endpoints,
-        upgrades: bool,
-    ) -> Result<(SendRequest<RequestBody>, SocketAddr), ConnectError> {
+    async fn open(&self, endpoints: &Endpoints) -> Result<(Conn, SocketAddr), ConnectError> {
         let io_err = |source| ConnectError::Io {
             address: self.address.clone(),
             source,
         };
         let (stream, peer) = endpoints.connect().await.map_err(io_err)?;
         stream.set_nodelay(true).map_err(io_err)?;
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| ConnectError::Handshake {
-                address: self.address.clone(),
-                source,
-            })?;
-        tokio::spawn(async move {
-            let ended = if upgrades {
-                conn.with_upgrades().await
-            } else {
-                conn.await
-            };
-            if let Err(error) = ended {
-                tracing::debug!(%error, "upstream connection ended with an error");
-            }
-        });
-        Ok((sender, peer))
+        Ok((Conn::new(stream), peer))
     }
 
-    fn put_back(&self, sender: SendRequest<RequestBody>, peer: SocketAddr, generation: u64, endpoints: &Endpoints) {
+    fn put_back(&self, conn: Conn, peer: SocketAddr, generation: u64, endpoints: &Endpoints) {
         let max_idle = self.max_idle.load(Ordering::Relaxed);
-        if sender.is_closed() || max_idle == 0 {
+        if max_idle == 0 {
             return;
         }
         let mut idle = self.slot().lock().unwrap_or_else(|e| e.into_inner());
@@ -195,7 +145,7 @@ impl ConnPool {
             idle.remove(0);
         }
         idle.push(Idle {
-            sender,
+            conn,
             since: Instant::now(),
             peer,
             generation: current,
@@ -219,7 +169,7 @@ impl ConnPool {
 /// A connection checked out of a server's pool for one request.
 #[derive(Debug)]
 pub struct PooledConn {
-    pub sender: SendRequest<RequestBody>,
+    pub conn: Conn,
     server: Arc<ServerState>,
     /// Whether it had served a request before (a reused connection the server
     /// closed meanwhile fails differently from a fresh one).
@@ -237,6 +187,6 @@ impl PooledConn {
         let server = &self.server;
         server
             .pool
-            .put_back(self.sender, self.peer, self.generation, &server.endpoints);
+            .put_back(self.conn, self.peer, self.generation, &server.endpoints);
     }
 }

@@ -1,0 +1,413 @@
+//! Our HTTP/1.1 client for upstream connections. A request is written and
+//! its response read by the task serving the client's request itself: no
+//! connection task, no channels, one write and (usually) one read per
+//! proxied request. The connection, with its read buffer, travels with the
+//! response body and goes back to the pool when the body has been read.
+
+mod decode;
+mod head;
+
+pub use decode::{DecodeError, Decoded, Decoder, Framing};
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{Method, Request, header};
+use http_body::Body;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::body::{BodyError, RequestBody};
+
+/// What is read from the socket at a time.
+const READ_CHUNK: usize = 8 * 1024;
+/// A request body in memory up to this size goes out in the head's write.
+const INLINE_BODY: usize = 16 * 1024;
+
+/// One HTTP/1.1 connection to a server.
+#[derive(Debug)]
+pub struct Conn {
+    stream: TcpStream,
+    /// Bytes read and not yet consumed.
+    buf: BytesMut,
+    /// A request head being written.
+    out: Vec<u8>,
+}
+
+/// A response head, and how its body is delimited.
+#[derive(Debug)]
+pub struct Head {
+    pub parts: http::response::Parts,
+    pub framing: Framing,
+    /// Whether the connection can carry another request after this body.
+    pub reusable: bool,
+}
+
+/// Why an exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("upstream I/O failed")]
+    Io(#[source] io::Error),
+    #[error("upstream closed the connection before answering")]
+    Closed,
+    #[error("upstream sent a malformed response: {0}")]
+    Malformed(&'static str),
+    #[error("request body failed")]
+    Body(#[source] BodyError),
+}
+
+/// An exchange that failed, and whether the request can go again as it is
+/// (nothing of its body was consumed and no byte of an answer came).
+#[derive(Debug)]
+pub struct Failed {
+    pub error: SendError,
+    pub replayable: bool,
+    /// Some of the request reached the socket (the server may have seen it).
+    pub reached: bool,
+}
+
+impl Conn {
+    pub fn new(stream: TcpStream) -> Self {
+        Conn {
+            stream,
+            buf: BytesMut::new(),
+            out: Vec::new(),
+        }
+    }
+
+    /// Whether an idle connection still looks usable: no event has come in
+    /// since its last response (a close, or stray bytes), checked without a
+    /// system call unless one has.
+    pub fn is_usable(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match self.stream.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    /// Sends `req` (its body streamed, or from memory) and reads the
+    /// response head. `req` is only borrowed, so that a request that never
+    /// reached the server can be sent again elsewhere.
+    pub async fn send(&mut self, req: &mut Request<RequestBody>) -> Result<Head, Failed> {
+        let head_only = req.method() == Method::HEAD;
+        let plan = write_head(&mut self.out, req);
+        let mut exchange = Exchange {
+            written: 0,
+            plan,
+            body_touched: false,
+            answer_seen: false,
+            done_writing: false,
+            reached: false,
+            data: Bytes::new(),
+            tail: b"",
+        };
+        std::future::poll_fn(|cx| exchange.poll(self, req.body_mut(), head_only, cx)).await
+    }
+
+    /// Hands the connection over to a tunnel after a 101, with whatever the
+    /// server sent past its head put back in front.
+    pub fn into_switched(self) -> Switched {
+        Switched {
+            prefix: self.buf.freeze(),
+            stream: self.stream,
+        }
+    }
+
+    /// Reads more of the response into the buffer: `Ready(Ok(0))` at the end
+    /// of the stream.
+    pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < 1024 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf)
+    }
+
+    pub fn buf(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+}
+
+/// How the request body goes out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyPlan {
+    /// Nothing more than the head (a body in memory was put into it).
+    None,
+    /// Streamed as it comes, its length declared in the head.
+    Length,
+    /// Streamed in chunks.
+    Chunked,
+}
+
+/// Writes the request head into `out`, with a body held in memory after it
+/// when it is small; says how the rest of the body goes.
+fn write_head(out: &mut Vec<u8>, req: &Request<RequestBody>) -> BodyPlan {
+    out.clear();
+    out.extend_from_slice(req.method().as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(req.uri().path_and_query().map_or("/", |pq| pq.as_str()).as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let headers = req.headers();
+    for (name, value) in headers {
+        // Framing is ours to state; `Expect` is answered by us, not passed on.
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING || name == header::EXPECT {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let declared = headers.contains_key(header::CONTENT_LENGTH)
+        || matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH);
+    let (plan, inline): (BodyPlan, Option<&Bytes>) = match req.body() {
+        RequestBody::Full(data) => {
+            let len = data.as_ref().map_or(0, Bytes::len);
+            if len > 0 || declared {
+                content_length(out, len as u64);
+            }
+            match data {
+                Some(d) if d.len() > INLINE_BODY => (BodyPlan::Length, None),
+                Some(d) => (BodyPlan::None, Some(d)),
+                None => (BodyPlan::None, None),
+            }
+        }
+        stream => match stream.size_hint().exact() {
+            Some(0) if stream.is_end_stream() => {
+                if declared {
+                    content_length(out, 0);
+                }
+                (BodyPlan::None, None)
+            }
+            Some(len) => {
+                content_length(out, len);
+                (BodyPlan::Length, None)
+            }
+            None => {
+                out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                (BodyPlan::Chunked, None)
+            }
+        },
+    };
+    out.extend_from_slice(b"\r\n");
+    if let Some(data) = inline {
+        out.extend_from_slice(data);
+    }
+    plan
+}
+
+fn content_length(out: &mut Vec<u8>, len: u64) {
+    out.extend_from_slice(b"content-length: ");
+    out.extend_from_slice(itoa_u64(len, &mut [0u8; 20]));
+    out.extend_from_slice(b"\r\n");
+}
+
+fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+/// The state of one request/response exchange on a connection.
+struct Exchange {
+    /// Bytes of `Conn::out` written so far.
+    written: usize,
+    plan: BodyPlan,
+    /// A frame of a streamed body has been taken: it cannot be sent again.
+    body_touched: bool,
+    answer_seen: bool,
+    done_writing: bool,
+    reached: bool,
+    /// A piece of body being written after `Conn::out`, and what follows it
+    /// (the CRLF that ends a chunk).
+    data: Bytes,
+    tail: &'static [u8],
+}
+
+impl Exchange {
+    fn fail(&self, error: SendError) -> Poll<Result<Head, Failed>> {
+        let replayable = !self.body_touched && !self.answer_seen;
+        Poll::Ready(Err(Failed {
+            error,
+            replayable,
+            reached: self.reached,
+        }))
+    }
+
+    fn poll(
+        &mut self,
+        conn: &mut Conn,
+        body: &mut RequestBody,
+        head_only: bool,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Head, Failed>> {
+        if !self.done_writing {
+            match self.poll_write(conn, body, cx) {
+                Poll::Ready(Ok(())) => self.done_writing = true,
+                Poll::Ready(Err(error)) => {
+                    // A server may answer early and close (a 413, say): its
+                    // answer counts more than the failed write.
+                    if !matches!(error, SendError::Io(_)) {
+                        return self.fail(error);
+                    }
+                    return match self.poll_read_head(conn, head_only, cx) {
+                        Poll::Ready(Ok(mut head)) => {
+                            head.reusable = false;
+                            Poll::Ready(Ok(head))
+                        }
+                        _ => self.fail(error),
+                    };
+                }
+                Poll::Pending => {}
+            }
+        }
+        match ready!(self.poll_read_head(conn, head_only, cx)) {
+            Ok(mut head) => {
+                // An answer before the whole request went out ends the
+                // request there; the connection cannot be reused.
+                head.reusable &= self.done_writing;
+                Poll::Ready(Ok(head))
+            }
+            Err(error) => self.fail(error),
+        }
+    }
+
+    /// Writes the head, then the body, until done or blocked.
+    fn poll_write(
+        &mut self,
+        conn: &mut Conn,
+        body: &mut RequestBody,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), SendError>> {
+        loop {
+            ready!(self.poll_flush_out(conn, cx)).map_err(SendError::Io)?;
+            if self.plan == BodyPlan::None {
+                return Poll::Ready(Ok(()));
+            }
+            if let RequestBody::Full(data) = body {
+                // A large body in memory: written from where it is.
+                self.data = data.clone().unwrap_or_default();
+                self.plan = BodyPlan::None;
+                continue;
+            }
+            let frame = ready!(Pin::new(&mut *body).poll_frame(cx));
+            self.body_touched = true;
+            match frame {
+                None => {
+                    if self.plan == BodyPlan::Chunked {
+                        conn.out.extend_from_slice(b"0\r\n\r\n");
+                    }
+                    self.plan = BodyPlan::None;
+                }
+                Some(Err(error)) => return Poll::Ready(Err(SendError::Body(error))),
+                Some(Ok(frame)) => {
+                    // Trailers of a client's request are not passed on.
+                    let Ok(data) = frame.into_data() else { continue };
+                    if data.is_empty() {
+                        continue;
+                    }
+                    if self.plan == BodyPlan::Chunked {
+                        conn.out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                        self.tail = b"\r\n";
+                    }
+                    self.data = data;
+                }
+            }
+        }
+    }
+
+    /// Writes what is queued (`out`, then `data`, then `tail`) with as few
+    /// system calls as the socket allows; body data is never copied.
+    fn poll_flush_out(&mut self, conn: &mut Conn, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            let head = &conn.out[self.written..];
+            if head.is_empty() && self.data.is_empty() && self.tail.is_empty() {
+                conn.out.clear();
+                self.written = 0;
+                return Poll::Ready(Ok(()));
+            }
+            let slices = [IoSlice::new(head), IoSlice::new(&self.data), IoSlice::new(self.tail)];
+            let mut n = ready!(Pin::new(&mut conn.stream).poll_write_vectored(cx, &slices))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.reached = true;
+            let from_head = n.min(head.len());
+            self.written += from_head;
+            n -= from_head;
+            let from_data = n.min(self.data.len());
+            self.data.advance(from_data);
+            n -= from_data;
+            self.tail = &self.tail[n.min(self.tail.len())..];
+        }
+    }
+
+    fn poll_read_head(
+        &mut self,
+        conn: &mut Conn,
+        head_only: bool,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Head, SendError>> {
+        loop {
+            if !conn.buf.is_empty() {
+                self.answer_seen = true;
+                if let Some(head) = head::parse(&mut conn.buf, head_only).map_err(SendError::Malformed)? {
+                    return Poll::Ready(Ok(head));
+                }
+            }
+            match ready!(conn.poll_fill(cx)) {
+                Ok(0) if conn.buf.is_empty() => return Poll::Ready(Err(SendError::Closed)),
+                Ok(0) => return Poll::Ready(Err(SendError::Malformed("connection closed inside the head"))),
+                Ok(_) => {}
+                Err(error) => return Poll::Ready(Err(SendError::Io(error))),
+            }
+        }
+    }
+}
+
+/// An upstream connection after a switch of protocols.
+pub struct Switched {
+    prefix: Bytes,
+    stream: TcpStream,
+}
+
+impl AsyncRead for Switched {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Switched {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
