@@ -2,6 +2,7 @@
 //! only ever touches its own slot, so the lock in it is not contended (the
 //! resolver thread takes it only when a host name's addresses change).
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -39,7 +40,7 @@ pub(super) struct ConnPool {
     address: String,
     max_idle: AtomicUsize,
     idle_timeout_ms: AtomicU64,
-    idle: Box<[PerWorker<Mutex<Vec<Idle>>>]>,
+    idle: Box<[PerWorker<Mutex<VecDeque<Idle>>>]>,
 }
 
 impl ConnPool {
@@ -49,7 +50,7 @@ impl ConnPool {
             max_idle: AtomicUsize::new(max_idle),
             idle_timeout_ms: AtomicU64::new(idle_timeout.as_millis() as u64),
             idle: (0..workers.max(1))
-                .map(|_| PerWorker::new(Mutex::new(Vec::new())))
+                .map(|_| PerWorker::new(Mutex::new(VecDeque::new())))
                 .collect(),
         }
     }
@@ -61,7 +62,7 @@ impl ConnPool {
             .store(idle_timeout.as_millis() as u64, Ordering::Relaxed);
     }
 
-    fn slot(&self) -> &Mutex<Vec<Idle>> {
+    fn slot(&self) -> &Mutex<VecDeque<Idle>> {
         &self.idle[worker::current() % self.idle.len()]
     }
 
@@ -73,7 +74,7 @@ impl ConnPool {
         // Newest first: the warmest connection is the least likely to have
         // been closed by the server.
         let idle_timeout = Duration::from_millis(self.idle_timeout_ms.load(Ordering::Relaxed));
-        while let Some(mut idle_conn) = idle.pop() {
+        while let Some(mut idle_conn) = idle.pop_back() {
             let usable = idle_conn.since.elapsed() < idle_timeout && idle_conn.conn.is_usable();
             if usable && (idle_conn.generation == current || endpoints.contains(idle_conn.peer)) {
                 return Some(Idle {
@@ -140,13 +141,19 @@ impl ConnPool {
         if current != generation && !endpoints.contains(peer) {
             return;
         }
-        while idle.len() >= max_idle {
-            // Keep the newest; the oldest is the closest to its idle timeout.
-            idle.remove(0);
+        // Oldest first: those past the idle timeout are closed now, not
+        // left holding a socket the server has probably closed already.
+        let now = Instant::now();
+        let idle_timeout = Duration::from_millis(self.idle_timeout_ms.load(Ordering::Relaxed));
+        while idle
+            .front()
+            .is_some_and(|oldest| idle.len() >= max_idle || now.duration_since(oldest.since) >= idle_timeout)
+        {
+            idle.pop_front();
         }
-        idle.push(Idle {
+        idle.push_back(Idle {
             conn,
-            since: Instant::now(),
+            since: now,
             peer,
             generation: current,
         });
