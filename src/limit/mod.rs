@@ -131,7 +131,9 @@ impl Limiter {
             },
             Store::Redis { store, rate } => {
                 let bucket = bucket_key(&self.spec.name, key);
-                match store.check(&bucket, *rate).await {
+                // Boxed: the Redis exchange is a large future, and every
+                // request's future would otherwise carry room for it.
+                match Box::pin(store.check(&bucket, *rate)).await {
                     Ok(None) => Verdict::Allow,
                     Ok(Some(wait)) => Verdict::Limited { retry_after: wait },
                     Err(_) => match store.on_error() {

@@ -379,7 +379,10 @@ async fn request_body(
         .and_then(|v| v.parse::<u64>().ok());
     match length {
         Some(len) if len > 0 && len <= replay_max => {
-            let collected = tokio::time::timeout(route.read_timeout, http_body_util::BodyExt::collect(body))
+            // Boxed: only retrying routes collect, and the request's future
+            // should not carry room for it otherwise.
+            let collect = Box::pin(http_body_util::BodyExt::collect(body));
+            let collected = tokio::time::timeout(route.read_timeout, collect)
                 .await
                 .map_err(|_| ProxyError::BadRequest)?
                 .map_err(|_| ProxyError::BadRequest)?;
