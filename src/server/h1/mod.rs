@@ -21,6 +21,7 @@ pub use body::BodyStream;
 
 use std::future::Future;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -267,9 +268,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<I> {
             if !linger || self.eof {
                 return Poll::Ready(());
             }
-            let mut scrap = [0u8; 4096];
+            let mut scrap = [MaybeUninit::<u8>::uninit(); 4096];
             loop {
-                let mut buf = ReadBuf::new(&mut scrap);
+                let mut buf = ReadBuf::uninit(&mut scrap);
                 match ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf)) {
                     Ok(()) if !buf.filled().is_empty() && discarded < LINGER_BYTES => {
                         discarded += buf.filled().len();
@@ -293,8 +294,8 @@ fn fill<I: AsyncRead + Unpin>(
     want: usize,
 ) -> Poll<io::Result<usize>> {
     if read.capacity() == 0 {
-        let mut scratch = [0u8; FIRST_READ_BYTES];
-        let mut buf = ReadBuf::new(&mut scratch);
+        let mut scratch = [MaybeUninit::<u8>::uninit(); FIRST_READ_BYTES];
+        let mut buf = ReadBuf::uninit(&mut scratch);
         ready!(Pin::new(&mut *io).poll_read(cx, &mut buf))?;
         let n = buf.filled().len();
         if n > 0 {
@@ -321,4 +322,42 @@ fn fill_body<I: AsyncRead + Unpin>(
         read.reserve(want);
     }
     std::pin::pin!(io.read_buf(read)).poll(cx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt as _;
+
+    #[tokio::test]
+    async fn waiting_for_a_request_holds_no_buffer() {
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        let mut read = BytesMut::new();
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(fill(&mut server, &mut read, &mut cx, 8192).is_pending());
+        assert_eq!(read.capacity(), 0, "nothing allocated while nothing came");
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let n = std::future::poll_fn(|cx| fill(&mut server, &mut read, cx, 8192))
+            .await
+            .unwrap();
+        assert_eq!(n, 18);
+        assert_eq!(&read[..], b"GET / HTTP/1.1\r\n\r\n");
+        assert!(read.capacity() >= FIRST_READ_BYTES);
+    }
+
+    #[tokio::test]
+    async fn a_head_grows_its_buffer_only_up_to_the_limit() {
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        client.write_all(&[b'a'; 20_000]).await.unwrap();
+        let mut read = BytesMut::new();
+        let limit = 10_000;
+        while read.len() <= limit {
+            let room = (limit + 1).saturating_sub(read.len()).max(1);
+            std::future::poll_fn(|cx| fill(&mut server, &mut read, cx, room))
+                .await
+                .unwrap();
+        }
+        assert!(read.capacity() < 2 * limit, "{}", read.capacity());
+    }
 }

@@ -4,6 +4,8 @@
 //! so that no two readings of one message (ours and the client's, or ours
 //! and an upstream's) can disagree: anything ambiguous is refused.
 
+use std::mem::MaybeUninit;
+
 use bytes::BytesMut;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version, header};
 
@@ -60,46 +62,50 @@ impl HeadError {
 }
 
 /// Parses the head at the front of `buf`. `Ok(None)`: not complete yet (and
-/// still within `max_bytes`). On success the head's bytes are split off `buf`,
-/// which keeps whatever follows (a body, a pipelined request).
+/// still within `max_bytes`). On success the head's bytes are taken from
+/// `buf`, which keeps whatever follows (a body, a pipelined request).
 pub(super) fn parse(buf: &mut BytesMut, max_bytes: usize) -> Result<Option<Head>, HeadError> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut fields);
-    let len = match parsed.parse(buf) {
+    // Parsed frozen, so that the URI and the values can share the bytes
+    // they point at; an incomplete head goes back as it was (no copy: the
+    // buffer is still unique then).
+    let whole = std::mem::take(buf).freeze();
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let len = match parsed.parse_with_uninit_headers(&whole, &mut fields) {
         Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if buf.len() >= max_bytes => return Err(HeadError::TooLarge),
-        Ok(httparse::Status::Partial) => return Ok(None),
+        Ok(httparse::Status::Partial) => {
+            let too_large = whole.len() >= max_bytes;
+            *buf = whole
+                .try_into_mut()
+                .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+            return if too_large { Err(HeadError::TooLarge) } else { Ok(None) };
+        }
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
         Err(_) => return Err(HeadError::Malformed),
     };
     if len > max_bytes {
         return Err(HeadError::TooLarge);
     }
-    // Where each piece lies in `buf`, so that the pieces can be taken from
-    // the frozen head without copying once `parsed` no longer borrows it.
-    let base = buf.as_ptr() as usize;
-    let span = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
+    // What follows the head is rare (pipelining, a body in the same read)
+    // and small: copied into a buffer of its own.
+    if whole.len() > len {
+        *buf = BytesMut::from(&whole[len..]);
+    }
     let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes()).map_err(|_| HeadError::Malformed)?;
     let version = match parsed.version {
         Some(0) => Version::HTTP_10,
         Some(1) => Version::HTTP_11,
         _ => return Err(HeadError::Malformed),
     };
-    let path = span(parsed.path.unwrap_or_default().as_bytes());
-    let count = parsed.headers.len();
-    let mut spans = [((0usize, 0usize), (0usize, 0usize)); MAX_HEADERS];
-    for (field, slot) in parsed.headers.iter().zip(spans.iter_mut()) {
-        *slot = (span(field.name.as_bytes()), span(field.value));
-    }
-    let head = buf.split_to(len).freeze();
-    let uri = Uri::from_maybe_shared(head.slice(path.0..path.0 + path.1)).map_err(|_| HeadError::Malformed)?;
+    let path = whole.slice_ref(parsed.path.unwrap_or_default().as_bytes());
+    let uri = Uri::from_maybe_shared(path).map_err(|_| HeadError::Malformed)?;
     // Room for the forwarding fields the proxy adds, so the map never regrows.
-    let mut map = HeaderMap::with_capacity(count + 8);
+    let mut map = HeaderMap::with_capacity(parsed.headers.len() + 8);
     let mut framing = FramingScan::default();
-    for &((name_at, name_len), (at, len)) in &spans[..count] {
+    for field in parsed.headers.iter() {
         // Standard names map to constants: no allocation.
-        let name = HeaderName::from_bytes(&head[name_at..name_at + name_len]).map_err(|_| HeadError::Malformed)?;
-        let value = HeaderValue::from_maybe_shared(head.slice(at..at + len)).map_err(|_| HeadError::Malformed)?;
+        let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| HeadError::Malformed)?;
+        let value = HeaderValue::from_maybe_shared(whole.slice_ref(field.value)).map_err(|_| HeadError::Malformed)?;
         framing.see(&name, &value)?;
         map.append(name, value);
     }
