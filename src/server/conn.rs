@@ -4,6 +4,7 @@
 //! deadline.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -28,40 +29,52 @@ use crate::observe::access_log::LoggedBody;
 use crate::proxy::{self, ClientInfo};
 
 /// Serves one accepted connection until it closes or shutdown has drained it.
-pub(super) async fn serve(
+pub(super) fn serve<'a>(
     stream: TcpStream,
     client: ClientInfo,
+    listener: &'a Listener,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) -> impl Future<Output = ()> + Send + 'a {
+    // TCP_NODELAY comes from the listening socket (inherited at accept).
+    // Made before the future, which would otherwise keep room for the
+    // arguments as well as for what they become, in every idle connection.
+    let io = TimedIo::new(stream, listener.request_header_timeout);
+    serve_io(io, Arc::new(client), listener, shared, shutdown)
+}
+
+async fn serve_io(
+    mut io: TimedIo,
+    client: Arc<ClientInfo>,
     listener: &Listener,
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
 ) {
-    // TCP_NODELAY comes from the listening socket (inherited at accept).
-    let mut io = TimedIo::new(stream, listener.request_header_timeout);
     // No buffer is allocated for a connection until it has something to
     // say: an idle new connection costs its socket and this small task.
     if let Err(error) = io.readable().await {
         tracing::debug!(%error, client = %client.peer, "client connection ended before a request");
         return;
     }
-    let peer = client.peer;
-    let client = Arc::new(client);
-    let Some(tls) = &listener.tls else {
-        match preface::sniff(io).await {
-            Ok((Protocol::Http1, first, io)) => {
-                let (stream, timer, due) = io.into_parts();
-                h1::serve(stream, first, timer, due, listener, client, shared, shutdown).await;
-            }
-            Ok((Protocol::Http2, first, mut io)) => {
-                io.pass_through();
-                let io = preface::Rewind::new(first.freeze(), io);
-                Box::pin(serve_http2(io, client, listener, shared, shutdown)).await;
-            }
-            Err(error) => tracing::debug!(%error, client = %peer, "client connection ended before a request"),
+    if let Some(tls) = &listener.tls {
+        // Boxed: a plain connection's task need not have room for a TLS session.
+        return Box::pin(serve_tls(io, tls, client, listener, shared, shutdown)).await;
+    }
+    let sniffed = preface::sniff(io).await;
+    let (protocol, first, mut io) = match sniffed {
+        Ok(sniffed) => sniffed,
+        Err(error) => {
+            tracing::debug!(%error, client = %client.peer, "client connection ended before a request");
+            return;
         }
-        return;
     };
-    // Boxed: a plain connection's task need not have room for a TLS session.
-    Box::pin(serve_tls(io, tls, client, listener, shared, shutdown)).await;
+    if protocol == Protocol::Http2 {
+        io.pass_through();
+        let io = preface::Rewind::new(first.freeze(), io);
+        return Box::pin(serve_http2(io, client, listener, shared, shutdown)).await;
+    }
+    let (stream, timer, due) = io.into_parts();
+    h1::serve(stream, first, timer, due, listener, client, shared, shutdown).await;
 }
 
 /// TLS, then HTTP/2 or HTTP/1.1 as ALPN chose.

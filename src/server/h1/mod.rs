@@ -61,7 +61,7 @@ struct Limits {
 /// upgrade hands the connection to a tunnel, or shutdown drains it. `first`
 /// holds bytes already read; the first head is due by `head_deadline`.
 #[allow(clippy::too_many_arguments)]
-pub(super) async fn serve<I>(
+pub(super) fn serve<I>(
     io: I,
     first: BytesMut,
     timer: Deadline,
@@ -70,10 +70,14 @@ pub(super) async fn serve<I>(
     client: Arc<ClientInfo>,
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
-) where
+) -> impl Future<Output = ()> + Send + 'static
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut conn = Conn {
+    // Built here rather than inside the future: an async fn keeps its
+    // arguments for its whole life, and this future is most of the task an
+    // idle connection holds.
+    let conn = Conn {
         io,
         read: first,
         eof: false,
@@ -85,40 +89,8 @@ pub(super) async fn serve<I>(
             max_header_bytes: listener.max_header_bytes,
         },
         shutdown,
-        stop: None,
     };
-    let mut wait = Wait::Head(head_deadline);
-    loop {
-        let head = match std::future::poll_fn(|cx| conn.poll_head(cx, &mut wait)).await {
-            Next::Head(head) => head,
-            Next::Closed => return conn.close(false).await,
-            Next::Refused(error) => {
-                tracing::debug!(%error, client = %client.peer, "request head refused");
-                conn.refuse(error.status(), &error).await;
-                return conn.close(true).await;
-            }
-        };
-        // Boxed: what a request needs (the proxy's future too) is not part
-        // of the task an idle connection keeps.
-        match Box::pin(conn.exchange(head, &client, &shared)).await {
-            After::KeepAlive => {
-                if conn.read.is_empty() {
-                    // Idle with nothing pipelined: hold no buffer while waiting.
-                    conn.read = BytesMut::new();
-                }
-                wait = Wait::Idle(None);
-            }
-            After::Close { linger } => return conn.close(linger).await,
-            After::Abort => return,
-            After::Upgrade(switch) => {
-                let Conn { io, read, .. } = conn;
-                let io: Box<dyn TunnelIo> = Box::new(Rewind::new(read.freeze(), io));
-                // The tunnel may have given up meanwhile; the connection then just closes.
-                let _ = switch.send(io);
-                return;
-            }
-        }
-    }
+    conn.run(Wait::Head(head_deadline), client, shared)
 }
 
 /// One client connection's state between and during requests.
@@ -132,9 +104,6 @@ struct Conn<I> {
     timer: Deadline,
     limits: Limits,
     shutdown: watch::Receiver<bool>,
-    /// Resolves once shutdown starts; made the first time the connection
-    /// waits idle, then kept (so waiting costs no registration per request).
-    stop: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
 /// What the wait for the next head is bound by.
@@ -157,7 +126,60 @@ enum Next {
 }
 
 impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<I> {
-    fn poll_head(&mut self, cx: &mut Context<'_>, wait: &mut Wait) -> Poll<Next> {
+    async fn run(mut self, mut wait: Wait, client: Arc<ClientInfo>, shared: Arc<Shared>) {
+        // Resolves once shutdown starts. Kept in the task for the
+        // connection's life, so that waiting idle costs no registration per
+        // request and no allocation of its own.
+        let mut shutdown = self.shutdown.clone();
+        let mut stop = std::pin::pin!(async move {
+            // A dropped sender means the balancer is going away too.
+            let _ = shutdown.wait_for(|&stopping| stopping).await;
+        });
+        let mut refused = None;
+        let linger = loop {
+            let head = match std::future::poll_fn(|cx| self.poll_head(cx, &mut wait, stop.as_mut())).await {
+                Next::Head(head) => head,
+                Next::Closed => break false,
+                Next::Refused(error) => {
+                    refused = Some(error);
+                    break true;
+                }
+            };
+            // Boxed: what a request needs (the proxy's future too) is not
+            // part of the task an idle connection keeps.
+            match Box::pin(self.exchange(head, &client, &shared)).await {
+                After::KeepAlive => {
+                    if self.read.is_empty() {
+                        // Idle with nothing pipelined: hold no buffer while waiting.
+                        self.read = BytesMut::new();
+                    }
+                    wait = Wait::Idle(None);
+                }
+                After::Close { linger } => break linger,
+                After::Abort => return,
+                After::Upgrade(switch) => {
+                    let Conn { io, read, .. } = self;
+                    let io: Box<dyn TunnelIo> = Box::new(Rewind::new(read.freeze(), io));
+                    // The tunnel may have given up meanwhile; the connection then just closes.
+                    let _ = switch.send(io);
+                    return;
+                }
+            }
+        };
+        if let Some(error) = refused {
+            tracing::debug!(%error, client = %client.peer, "request head refused");
+            self.refuse(error.status(), &error).await;
+        }
+        self.close(linger).await;
+    }
+
+    fn poll_head(
+        &mut self,
+        cx: &mut Context<'_>,
+        wait: &mut Wait,
+        stop: Pin<&mut impl Future<Output = ()>>,
+    ) -> Poll<Next> {
+        let mut stop = stop;
         loop {
             if !self.read.is_empty() {
                 match parse::parse(&mut self.read, self.limits.max_header_bytes) {
@@ -190,7 +212,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<I> {
                     };
                     if let Wait::Idle(_) = wait
                         && self.read.is_empty()
-                        && self.poll_stop(cx).is_ready()
+                        && stop.as_mut().poll(cx).is_ready()
                     {
                         return Poll::Ready(Next::Closed);
                     }
@@ -201,18 +223,6 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<I> {
                 }
             }
         }
-    }
-
-    /// Ready once shutdown has begun.
-    fn poll_stop(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let stop = self.stop.get_or_insert_with(|| {
-            let mut shutdown = self.shutdown.clone();
-            Box::pin(async move {
-                // A dropped sender means the balancer is going away too.
-                let _ = shutdown.wait_for(|&stopping| stopping).await;
-            })
-        });
-        stop.as_mut().poll(cx)
     }
 
     fn stopping(&self) -> bool {
@@ -248,7 +258,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<I> {
     /// closes; with `linger`, input the client is still sending is read
     /// and dropped for a while, so the kernel does not answer it with a
     /// reset that could destroy the response before the client reads it.
-    async fn close(mut self, linger: bool) {
+    async fn close(&mut self, linger: bool) {
         let due = Instant::now() + self.limits.header_timeout.min(Duration::from_secs(5));
         let mut shut = false;
         let mut discarded = 0;
