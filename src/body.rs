@@ -53,8 +53,10 @@ impl BodyError {
 /// A client's request body as the protocol that received it hands it over.
 #[derive(Debug)]
 pub enum ClientBody {
-    /// From hyper's server (HTTP/2, and HTTP/1 until our own codec serves it).
+    /// From hyper's server (HTTP/2).
     Hyper(Incoming),
+    /// From our own HTTP/1 connection.
+    Http1(crate::server::h1::BodyStream),
 }
 
 impl Body for ClientBody {
@@ -66,18 +68,21 @@ impl Body for ClientBody {
             ClientBody::Hyper(inner) => Pin::new(inner)
                 .poll_frame(cx)
                 .map(|frame| frame.map(|f| f.map_err(BodyError::Stream))),
+            ClientBody::Http1(inner) => Pin::new(inner).poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             ClientBody::Hyper(inner) => inner.is_end_stream(),
+            ClientBody::Http1(inner) => inner.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             ClientBody::Hyper(inner) => inner.size_hint(),
+            ClientBody::Http1(inner) => inner.size_hint(),
         }
     }
 }

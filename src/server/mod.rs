@@ -4,6 +4,7 @@
 
 mod conn;
 pub mod control;
+pub(crate) mod h1;
 mod http2;
 mod listener;
 mod per_ip;

@@ -25,9 +25,10 @@ pub(super) enum Protocol {
 }
 
 /// Reads until the bytes match the HTTP/2 preface or cannot; returns the
-/// protocol and the connection with those bytes put back. A client that
-/// closes first is HTTP/1 (hyper then sees the end as it would have).
-pub(super) async fn sniff<I: AsyncRead + Unpin>(mut io: I) -> io::Result<(Protocol, Rewind<I>)> {
+/// protocol, the bytes read (for the protocol to read first) and the
+/// connection. A client that closes first is HTTP/1 (which then sees the
+/// end as it would have).
+pub(super) async fn sniff<I: AsyncRead + Unpin>(mut io: I) -> io::Result<(Protocol, BytesMut, I)> {
     let mut buf = BytesMut::with_capacity(FIRST_READ_BYTES);
     let protocol = loop {
         if io.read_buf(&mut buf).await? == 0 {
@@ -41,13 +42,7 @@ pub(super) async fn sniff<I: AsyncRead + Unpin>(mut io: I) -> io::Result<(Protoc
             break Protocol::Http2;
         }
     };
-    Ok((
-        protocol,
-        Rewind {
-            prefix: buf.freeze(),
-            inner: io,
-        },
-    ))
+    Ok((protocol, buf, io))
 }
 
 /// A connection whose first bytes, already read, are read again first.
@@ -58,8 +53,8 @@ pub(super) struct Rewind<I> {
 }
 
 impl<I> Rewind<I> {
-    pub(super) fn get_mut(&mut self) -> &mut I {
-        &mut self.inner
+    pub(super) fn new(prefix: Bytes, inner: I) -> Self {
+        Rewind { prefix, inner }
     }
 }
 
@@ -120,8 +115,9 @@ mod tests {
                 tokio::task::yield_now().await;
             }
         });
-        let (protocol, mut io) = sniff(server).await.unwrap();
+        let (protocol, first, io) = sniff(server).await.unwrap();
         writer.await.unwrap();
+        let mut io = Rewind::new(first.freeze(), io);
         let mut replayed = Vec::new();
         io.read_to_end(&mut replayed).await.unwrap();
         (protocol, replayed)

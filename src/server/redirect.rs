@@ -3,7 +3,6 @@
 //! https, so clients that type `http://` end up on TLS.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use http::uri::Authority;
@@ -13,7 +12,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::conn::{Activity, TimedIo};
+use super::conn::TimedIo;
 use crate::body::ResponseBody;
 use crate::config::Listener;
 
@@ -28,12 +27,7 @@ pub(super) async fn serve(
 ) {
     // TCP_NODELAY comes from the listening socket (inherited at accept).
     // The same slow-loris guard as the TLS listener's.
-    let io = TimedIo::new(
-        stream,
-        Arc::new(Activity::default()),
-        listener.request_header_timeout,
-        listener.keepalive_timeout,
-    );
+    let io = TimedIo::new(stream, listener.request_header_timeout);
     let service = hyper::service::service_fn(move |req| async move { Ok::<_, Infallible>(redirect(&req, https_port)) });
     let mut builder = http1::Builder::new();
     builder
