@@ -155,7 +155,8 @@ fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-fn decimal(out: &mut Vec<u8>, mut n: u64) {
+/// Appends `n` in decimal (also used by the upstream client's heads).
+pub(crate) fn decimal(out: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut at = digits.len();
     loop {

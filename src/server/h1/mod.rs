@@ -12,7 +12,7 @@
 
 mod body;
 mod decode;
-mod encode;
+pub(crate) mod encode;
 mod exchange;
 mod parse;
 mod write;

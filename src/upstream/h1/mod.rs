@@ -207,20 +207,8 @@ fn write_head(out: &mut Vec<u8>, req: &Request<RequestBody>) -> BodyPlan {
 
 fn content_length(out: &mut Vec<u8>, len: u64) {
     out.extend_from_slice(b"content-length: ");
-    out.extend_from_slice(itoa_u64(len, &mut [0u8; 20]));
+    crate::server::h1::encode::decimal(out, len);
     out.extend_from_slice(b"\r\n");
-}
-
-fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[i..];
-        }
-    }
 }
 
 /// The state of one request/response exchange on a connection.
