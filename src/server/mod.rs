@@ -8,7 +8,7 @@ pub(crate) mod h1;
 mod http2;
 mod listener;
 mod per_ip;
-mod preface;
+pub(crate) mod preface;
 mod proxy_protocol;
 mod redirect;
 pub mod snapshot;

@@ -47,13 +47,13 @@ pub(super) async fn sniff<I: AsyncRead + Unpin>(mut io: I) -> io::Result<(Protoc
 
 /// A connection whose first bytes, already read, are read again first.
 #[derive(Debug)]
-pub(super) struct Rewind<I> {
+pub(crate) struct Rewind<I> {
     prefix: Bytes,
     inner: I,
 }
 
 impl<I> Rewind<I> {
-    pub(super) fn new(prefix: Bytes, inner: I) -> Self {
+    pub(crate) fn new(prefix: Bytes, inner: I) -> Self {
         Rewind { prefix, inner }
     }
 }

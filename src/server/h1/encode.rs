@@ -111,7 +111,7 @@ pub(super) fn asks_close(headers: &HeaderMap) -> bool {
 }
 
 /// The size line that opens a chunk of `len` bytes.
-pub(super) fn chunk_size(out: &mut Vec<u8>, len: usize) {
+pub(crate) fn chunk_size(out: &mut Vec<u8>, len: usize) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut digits = [0u8; 16];
     let mut n = len;

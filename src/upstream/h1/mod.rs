@@ -16,10 +16,11 @@ use std::task::{Context, Poll, ready};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Method, Request, header};
 use http_body::Body;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
 use crate::body::{BodyError, RequestBody};
+use crate::server::preface::Rewind;
 
 /// What is read from the socket at a time.
 const READ_CHUNK: usize = 8 * 1024;
@@ -116,11 +117,8 @@ impl Conn {
 
     /// Hands the connection over to a tunnel after a 101, with whatever the
     /// server sent past its head put back in front.
-    pub fn into_switched(self) -> Switched {
-        Switched {
-            prefix: self.buf.freeze(),
-            stream: self.stream,
-        }
+    pub(crate) fn into_switched(self) -> Rewind<TcpStream> {
+        Rewind::new(self.buf.freeze(), self.stream)
     }
 
     /// Reads more of the response into the buffer: `Ready(Ok(0))` at the end
@@ -310,7 +308,7 @@ impl Exchange {
                         continue;
                     }
                     if self.plan == BodyPlan::Chunked {
-                        conn.out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                        crate::server::h1::encode::chunk_size(&mut conn.out, data.len());
                         self.tail = b"\r\n";
                     }
                     self.data = data;
@@ -365,37 +363,5 @@ impl Exchange {
                 Err(error) => return Poll::Ready(Err(SendError::Io(error))),
             }
         }
-    }
-}
-
-/// An upstream connection after a switch of protocols.
-pub struct Switched {
-    prefix: Bytes,
-    stream: TcpStream,
-}
-
-impl AsyncRead for Switched {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Switched {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
