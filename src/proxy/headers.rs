@@ -12,9 +12,6 @@ pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-ho
 pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 pub const X_UPSTREAM: HeaderName = HeaderName::from_static("x-upstream");
 
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-
 /// The client's request id when it is sane (1–128 visible characters from a
 /// conservative set), else a fresh random one.
 pub fn request_id(headers: &HeaderMap) -> HeaderValue {
@@ -43,64 +40,17 @@ fn generate_request_id() -> HeaderValue {
     HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static("-"))
 }
 
-/// Removes the headers that describe one connection rather than the message:
-/// those named in `Connection`, and the fixed list of RFC 9110 §7.6.1.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the names finds which hop-by-hop headers are present;
-    // most messages have none or only `Connection: keep-alive` (nginx sends
-    // it on every response), so the common case removes one header and
-    // allocates nothing.
-    let mut present = [false; HOP_BY_HOP_COUNT];
-    let mut any = false;
-    for name in headers.keys() {
-        if let Some(i) = hop_by_hop_index(name) {
-            present[i] = true;
-            any = true;
-        }
-    }
-    if !any {
-        return;
-    }
-    if present[0] {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            // These two name no header beyond the fixed list.
-            .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
-            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
-    }
-    for (i, present) in present.into_iter().enumerate() {
-        if present {
-            headers.remove(hop_by_hop_name(i));
-        }
-    }
-}
+/// `Upgrade`'s place in the hop-by-hop list.
+pub(crate) const UPGRADE_INDEX: usize = 5;
 
-const HOP_BY_HOP_COUNT: usize = 6;
-
-/// The RFC 9110 §7.6.1 list, `Connection` at 0.
-fn hop_by_hop_name(index: usize) -> HeaderName {
-    match index {
-        0 => header::CONNECTION,
-        1 => KEEP_ALIVE,
-        2 => PROXY_CONNECTION,
-        3 => header::TE,
-        4 => header::TRANSFER_ENCODING,
-        _ => header::UPGRADE,
-    }
-}
-
-/// Names are lowercase in a `HeaderMap`; matching on the text dispatches on
-/// its length first, which is far cheaper than comparing it with each
-/// `HeaderName` of the list (this runs for every header of every message).
-fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+/// Where `name` is in the list of fields that describe one connection
+/// rather than the message (RFC 9110 §7.6.1: `Connection` at 0), if it is.
+/// Both HTTP/1 codecs read these and never put them in the message they hand
+/// on, so the proxy has nothing to strip. Names are lowercase in a
+/// `HeaderMap`; matching on the text dispatches on its length first, which is
+/// far cheaper than comparing it with each `HeaderName` of the list (this
+/// runs for every field of every message).
+pub(crate) fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
     match name.as_str() {
         "connection" => Some(0),
         "keep-alive" => Some(1),
@@ -171,27 +121,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_name_list_and_the_index_agree() {
-        for i in 0..HOP_BY_HOP_COUNT {
-            assert_eq!(hop_by_hop_index(&hop_by_hop_name(i)), Some(i));
+    fn the_hop_by_hop_list_is_rfc_9110s() {
+        let listed = [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "transfer-encoding",
+            "upgrade",
+        ];
+        for (i, name) in listed.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(&HeaderName::from_static(name)), Some(i), "{name}");
         }
+        assert_eq!(hop_by_hop_index(&header::UPGRADE), Some(UPGRADE_INDEX));
         for other in ["content-length", "host", "x-connection", "t", "upgrades"] {
             assert_eq!(hop_by_hop_index(&HeaderName::from_static(other)), None, "{other}");
         }
-    }
-
-    #[test]
-    fn hop_by_hop_and_connection_named_headers_go() {
-        let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, X-Secret"));
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        h.insert("x-kept", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1, "{h:?}");
-        assert!(h.contains_key("x-kept"));
     }
 
     #[test]

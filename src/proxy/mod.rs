@@ -123,7 +123,7 @@ struct Meta {
 }
 
 async fn forward(
-    req: Request<ClientBody>,
+    mut req: Request<ClientBody>,
     client: &Arc<ClientInfo>,
     (listener_id, listener): (ListenerId, &Listener),
     shared: &Shared,
@@ -141,7 +141,12 @@ async fn forward(
     meta.route = Some(route_id);
     let route = snapshot.routes.route(route_id);
     admit::admit(&req, client, route, route_id, snapshot).await?;
-    if declared_length(&req).is_some_and(|len| len > listener.max_body_bytes) {
+    if req
+        .body()
+        .size_hint()
+        .exact()
+        .is_some_and(|len| len > listener.max_body_bytes)
+    {
         return Err(ProxyError::BodyTooLarge);
     }
     let upstream_id = match &route.action {
@@ -165,16 +170,16 @@ async fn forward(
         .and_then(|token| upstream.sticky_server(token));
     let idempotent = is_idempotent(req.method());
     let compress = compress::Plan::for_request(route.compress, &req);
-    let mut req = req;
     let upgrade = tunnel::requested(req.headers()).map(|protocol| (protocol, tunnel::client_side(&mut req)));
-    let (parts, body) = req.into_parts();
-    let body = request_body(body, &parts.headers, listener, route, idempotent).await?;
-    let mut upstream_req = upstream_request(parts, body, client, route, request_id)?;
+    let (mut parts, body) = req.into_parts();
+    let body = request_body(body, listener, route, idempotent).await?;
+    upstream_head(&mut parts, client, route, request_id)?;
+    let mut upstream_req = Request::from_parts(parts, body);
     if let Some((protocol, _)) = &upgrade {
         tunnel::ask_upstream(upstream_req.headers_mut(), protocol.clone());
     }
     let (mut response, server, index) =
-        try_servers(upstream_req, upstream, route, key, pinned, idempotent, meta).await?;
+        try_servers(&mut upstream_req, upstream, route, key, pinned, idempotent, meta).await?;
     let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     let protocol = switched
         .then(|| response.headers().get(header::UPGRADE).cloned())
@@ -238,7 +243,7 @@ const MAX_TRIES: usize = 10;
 /// within the route's `retry` policy and the upstream's retry budget. Each
 /// try goes to a server this request has not used.
 async fn try_servers(
-    mut req: Request<RequestBody>,
+    req: &mut Request<RequestBody>,
     upstream: &UpstreamPool,
     route: &Route,
     key: Option<u64>,
@@ -279,24 +284,25 @@ async fn try_servers(
         let may_retry =
             tries < max_tries && tries < upstream.servers.len() && deadline.is_none_or(|d| Instant::now() < d);
         let copy = if may_retry && needs_copy {
-            Some(copy_head(&req))
+            Some(copy_head(req))
         } else {
             None
         };
         let started = Instant::now();
         let sent = send(req, &server, route).await;
-        meta.upstream_time = sent.as_ref().ok().map(|_| started.elapsed());
+        let took = started.elapsed();
+        meta.upstream_time = sent.is_ok().then_some(took);
         match sent {
             Ok(response) => {
                 let status = response.status().as_u16();
                 if !on.status(status) {
-                    server.record_success(started.elapsed(), status);
+                    server.record_success(took, status);
                     return Ok((response, server, index));
                 }
                 server.record_failure(&upstream.name, FailureKind::Status);
                 match copy {
                     Some(again) if upstream.retry_budget.try_withdraw() => {
-                        req = again;
+                        *req = again;
                         last = Some(Ok((response, server, index)));
                     }
                     _ => return Ok((response, server, index)),
@@ -314,13 +320,18 @@ async fn try_servers(
                     ProxyError::ConnectFailed | ProxyError::UpstreamFailed => on.error,
                     _ => false,
                 };
-                match failed.unsent.or(copy) {
-                    Some(again) if retryable && may_retry && upstream.retry_budget.try_withdraw() => {
-                        req = again;
-                        last = Some(Err(failed.error));
-                    }
-                    _ => return Err(failed.error),
+                if !(retryable && may_retry && (failed.unsent || copy.is_some())) {
+                    return Err(failed.error);
                 }
+                if !upstream.retry_budget.try_withdraw() {
+                    return Err(failed.error);
+                }
+                if !failed.unsent
+                    && let Some(again) = copy
+                {
+                    *req = again;
+                }
+                last = Some(Err(failed.error));
             }
         }
     }
@@ -340,10 +351,6 @@ fn copy_head(req: &Request<RequestBody>) -> Request<RequestBody> {
     copy
 }
 
-fn declared_length<B>(req: &Request<B>) -> Option<u64> {
-    req.headers().get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
-}
-
 fn respond(route: &Route, status: http::StatusCode, body: bytes::Bytes) -> Response<ResponseBody> {
     let mut response = Response::new(ResponseBody::full(body));
     *response.status_mut() = status;
@@ -355,14 +362,11 @@ fn respond(route: &Route, status: http::StatusCode, body: bytes::Bytes) -> Respo
     response
 }
 
-/// The request as the upstream sees it: origin-form URI (prefix rewritten),
-/// HTTP/1.1, hop-by-hop headers gone, forwarding headers added.
 /// The client's body as it will go upstream: streamed (with the size limit
 /// enforced as it flows), or read whole first when it is small and the
 /// request may be retried.
 async fn request_body(
     body: ClientBody,
-    headers: &http::HeaderMap,
     listener: &Listener,
     route: &Route,
     idempotent: bool,
@@ -373,11 +377,8 @@ async fn request_body(
         Some(r) if idempotent && r.tries > 1 => r.replay_max_bytes,
         _ => 0,
     };
-    let length = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    match length {
+    // The codec knows the declared length: no header lookup and parse.
+    match body.size_hint().exact() {
         Some(len) if len > 0 && len <= replay_max => {
             // Boxed: only retrying routes collect, and the request's future
             // should not carry room for it otherwise.
@@ -392,13 +393,14 @@ async fn request_body(
     }
 }
 
-fn upstream_request(
-    mut parts: http::request::Parts,
-    body: RequestBody,
+/// The request's head as the upstream sees it: origin-form URI (prefix
+/// rewritten), HTTP/1.1, hop-by-hop headers gone, forwarding headers added.
+fn upstream_head(
+    parts: &mut http::request::Parts,
     client: &ClientInfo,
     route: &Route,
     request_id: &HeaderValue,
-) -> Result<Request<RequestBody>, ProxyError> {
+) -> Result<(), ProxyError> {
     if !parts.headers.contains_key(header::HOST) {
         // HTTP/2 clients send :authority instead (read before the URI
         // becomes the upstream's origin-form, which has none).
@@ -409,16 +411,19 @@ fn upstream_request(
         }
     }
     parts.uri = upstream_uri(&parts.uri, route)?;
+    // Hop-by-hop fields never get this far from HTTP/1 clients: the codec
+    // reads and drops them (`Upgrade` stays when the client asks to switch).
+    // HTTP/2 has none (RFC 9113 §8.2.2) but `TE: trailers`.
     if parts.version == Version::HTTP_2 {
         headers::join_cookies(&mut parts.headers);
+        parts.headers.remove(header::TE);
     }
     parts.version = Version::HTTP_11;
-    headers::strip_hop_by_hop(&mut parts.headers);
     let proto = if client.tls { "https" } else { "http" };
     headers::add_forwarded(&mut parts.headers, &client.ip_header, proto);
     parts.headers.insert(headers::X_REQUEST_ID, request_id.clone());
     headers::apply_edits(&mut parts.headers, &route.request_headers);
-    Ok(Request::from_parts(parts, body))
+    Ok(())
 }
 
 fn upstream_uri(uri: &Uri, route: &Route) -> Result<Uri, ProxyError> {
@@ -442,21 +447,24 @@ fn upstream_uri(uri: &Uri, route: &Route) -> Result<Uri, ProxyError> {
     }
 }
 
-/// A try that got no response; `unsent` is the request when it never left.
+/// A try that got no response; `unsent`: the request is still whole (it
+/// never left, or its body was held in memory) and can go again as it is.
 struct Failed {
     error: ProxyError,
-    unsent: Option<Request<RequestBody>>,
+    unsent: bool,
 }
 
 /// Sends the request on a pooled (or new) connection and waits for the
 /// response head within the route's `read_timeout`.
+///
+/// The request is borrowed, not moved: it is a few hundred bytes, and each
+/// move into a future and back out of a failure is a copy.
 async fn send(
-    req: Request<RequestBody>,
+    req: &mut Request<RequestBody>,
     server: &Arc<ServerState>,
     route: &Route,
 ) -> Result<Response<ResponseBody>, Failed> {
     let active = ActiveGuard::new(server.clone());
-    let mut req = req;
     // Only an upgrade request still has `Upgrade` here (hop-by-hop); the
     // switch takes its connection over, so it gets a new one.
     let mut fresh_only = req.headers().contains_key(header::UPGRADE);
@@ -472,17 +480,17 @@ async fn send(
             Err(e) => {
                 return Err(Failed {
                     error: connect_error(e, server),
-                    unsent: Some(req),
+                    unsent: true,
                 });
             }
         };
-        let sent = tokio::time::timeout(route.read_timeout, pooled.conn.send(&mut req)).await;
+        let sent = tokio::time::timeout(route.read_timeout, pooled.conn.send(req)).await;
         match sent {
             Err(_elapsed) => {
                 tracing::debug!(server = %server.address, "upstream response timed out");
                 return Err(Failed {
                     error: ProxyError::UpstreamTimeout,
-                    unsent: None,
+                    unsent: false,
                 });
             }
             Ok(Ok(head)) if head.parts.status == StatusCode::SWITCHING_PROTOCOLS => {
@@ -501,7 +509,7 @@ async fn send(
                 if let SendError::Body(BodyError::TooLarge { .. }) = failed.error {
                     return Err(Failed {
                         error: ProxyError::BodyTooLarge,
-                        unsent: None,
+                        unsent: false,
                     });
                 }
                 // A pooled connection the server closed meanwhile: the one
@@ -516,7 +524,7 @@ async fn send(
                 tracing::debug!(server = %server.address, error = %failed.error, "upstream request failed");
                 return Err(Failed {
                     error: ProxyError::UpstreamFailed,
-                    unsent: failed.replayable.then_some(req),
+                    unsent: failed.replayable,
                 });
             }
         }
@@ -532,8 +540,8 @@ fn connect_error(error: ConnectError, server: &ServerState) -> ProxyError {
 }
 
 fn finish_response(response: &mut Response<ResponseBody>, route: &Route, listener: &Listener, server: &ServerState) {
+    // The upstream client has kept the hop-by-hop fields out already.
     let headers = response.headers_mut();
-    headers::strip_hop_by_hop(headers);
     headers::apply_edits(headers, &route.response_headers);
     if listener.expose_upstream
         && let Ok(value) = HeaderValue::from_str(&server.address)

@@ -83,17 +83,11 @@ pub struct TunnelStats {
     pub total: AtomicU64,
 }
 
-/// The protocol a request asks to switch to (`Upgrade`, with `upgrade`
-/// among the `Connection` options), if any.
+/// The protocol a request asks to switch to, if any. The HTTP/1 codec keeps
+/// `Upgrade` only when `Connection` has the `upgrade` option (and drops
+/// every other hop-by-hop field); HTTP/2 forbids the field.
 pub(super) fn requested(headers: &HeaderMap) -> Option<HeaderValue> {
-    let upgrade = headers.get(header::UPGRADE)?;
-    let asks = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    asks.then(|| upgrade.clone())
+    headers.get(header::UPGRADE).cloned()
 }
 
 /// Puts back the two headers that ask the upstream to switch protocols

@@ -9,6 +9,8 @@ use std::mem::MaybeUninit;
 use bytes::BytesMut;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version, header};
 
+use crate::proxy::headers;
+
 /// Most header lines a request may have (hyper's limit too).
 pub(super) const MAX_HEADERS: usize = 100;
 
@@ -107,6 +109,12 @@ pub(super) fn parse(buf: &mut BytesMut, max_bytes: usize) -> Result<Option<Head>
         let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| HeadError::Malformed)?;
         let value = HeaderValue::from_maybe_shared(whole.slice_ref(field.value)).map_err(|_| HeadError::Malformed)?;
         framing.see(&name, &value)?;
+        // Hop-by-hop fields are this connection's, read here and never
+        // passed on; `Upgrade` stays until we know whether the request
+        // really asks to switch (`Connection: upgrade` may come after it).
+        if headers::hop_by_hop_index(&name).is_some_and(|hop| hop != headers::UPGRADE_INDEX) {
+            continue;
+        }
         map.append(name, value);
     }
     let mut request = Request::new(());
@@ -132,6 +140,9 @@ struct FramingScan {
     upgrade_option: bool,
     upgrade_field: bool,
     expect_continue: bool,
+    /// Fields `Connection` names beyond the fixed hop-by-hop list (rare:
+    /// allocates only then), removed once the map is built.
+    named: Vec<HeaderName>,
 }
 
 impl FramingScan {
@@ -169,6 +180,10 @@ impl FramingScan {
                     self.keep_alive = true;
                 } else if option.eq_ignore_ascii_case(b"upgrade") {
                     self.upgrade_option = true;
+                } else if let Ok(named) = HeaderName::from_bytes(option)
+                    && headers::hop_by_hop_index(&named).is_none()
+                {
+                    self.named.push(named);
                 }
             }
         } else if *name == header::UPGRADE {
@@ -179,7 +194,14 @@ impl FramingScan {
         Ok(())
     }
 
-    fn finish(self, request: Request<()>) -> Result<Option<Head>, HeadError> {
+    fn finish(self, mut request: Request<()>) -> Result<Option<Head>, HeadError> {
+        let upgrade = self.upgrade_field && self.upgrade_option;
+        if self.upgrade_field && !upgrade {
+            request.headers_mut().remove(header::UPGRADE);
+        }
+        for named in self.named {
+            request.headers_mut().remove(named);
+        }
         let framing = if self.coded {
             // Both framings at once is the classic smuggling vector; HTTP/1.0
             // has no chunked coding; a body whose end is not chunked cannot
@@ -200,7 +222,7 @@ impl FramingScan {
         let keep_alive = !self.close && (request.version() == Version::HTTP_11 || self.keep_alive);
         Ok(Some(Head {
             expect_continue: self.expect_continue && framing != Framing::Empty && request.version() == Version::HTTP_11,
-            upgrade: self.upgrade_field && self.upgrade_option,
+            upgrade,
             request,
             framing,
             keep_alive,
@@ -360,6 +382,25 @@ mod tests {
     fn upgrade_needs_both_fields() {
         assert!(head("GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n").upgrade);
         assert!(!head("GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n").upgrade);
+    }
+
+    #[test]
+    fn hop_by_hop_fields_are_read_and_not_handed_on() {
+        let raw = "POST / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\n\
+                   Keep-Alive: timeout=5\r\nProxy-Connection: x\r\nTE: trailers\r\nUpgrade: websocket\r\n\
+                   Transfer-Encoding: chunked\r\nX-Kept: 1\r\n\r\n";
+        let parsed = head(raw);
+        assert_eq!(parsed.framing, Framing::Chunked);
+        assert!(parsed.keep_alive);
+        // No `upgrade` option: the `Upgrade` field goes with the others.
+        assert!(!parsed.upgrade);
+        let names: Vec<&str> = parsed.request.headers().keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["host", "x-kept"]);
+        // Asked for, the switch keeps `Upgrade` for the proxy to pass on.
+        let upgrading = head("GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
+        assert!(upgrading.upgrade);
+        assert_eq!(upgrading.request.headers()[header::UPGRADE], "websocket");
+        assert!(!upgrading.request.headers().contains_key(header::CONNECTION));
     }
 
     /// The framing a well-behaved reader could see in `raw`: every

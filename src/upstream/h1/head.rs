@@ -9,6 +9,7 @@ use bytes::BytesMut;
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, Version, header};
 
 use super::{Framing, Head};
+use crate::proxy::headers;
 
 /// Most header fields a response may have.
 const MAX_HEADERS: usize = 100;
@@ -70,14 +71,28 @@ fn parse_one(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, &'s
     }
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(count + ADDED_HEADERS);
+    let mut scan = Scan::default();
+    // Hop-by-hop fields describe this connection, which the client owns:
+    // read here, never put in the map (an `Upgrade` stays on a 101, whose
+    // protocol the proxy passes on).
+    let keep_upgrade = status == StatusCode::SWITCHING_PROTOCOLS;
     for &(name_start, name_end, value_start, value_end) in &spans[..count] {
         let name =
             HeaderName::from_bytes(&head[name_start as usize..name_end as usize]).map_err(|_| "invalid header name")?;
         let value = HeaderValue::from_maybe_shared(head.slice(value_start as usize..value_end as usize))
             .map_err(|_| "invalid header value")?;
+        scan.see(&name, &value);
+        if let Some(hop) = headers::hop_by_hop_index(&name)
+            && !(keep_upgrade && hop == headers::UPGRADE_INDEX)
+        {
+            continue;
+        }
         headers.append(name, value);
     }
-    let (framing, reusable) = framing(status, version, &headers, head_request)?;
+    for named in scan.named.drain(..) {
+        headers.remove(named);
+    }
+    let (framing, reusable) = scan.framing(status, version, head_request)?;
     let mut response = Response::new(());
     *response.status_mut() = status;
     *response.version_mut() = version;
@@ -90,71 +105,95 @@ fn parse_one(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, &'s
     }))
 }
 
-/// How the body is delimited, and whether the connection stays open after it.
-fn framing(
-    status: StatusCode,
-    version: Version,
-    headers: &HeaderMap,
-    head_request: bool,
-) -> Result<(Framing, bool), &'static str> {
-    let mut keep_alive = version == Version::HTTP_11;
-    for token in headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .map(|t| t.trim_ascii())
-    {
-        if token.eq_ignore_ascii_case(b"close") {
-            keep_alive = false;
-        } else if token.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
-            keep_alive = true;
+/// What the framing- and connection-related fields of a response said.
+#[derive(Debug, Default)]
+struct Scan {
+    keep_alive: bool,
+    close: bool,
+    /// A `Transfer-Encoding` field was present.
+    coded: bool,
+    /// The last transfer coding listed is `chunked`.
+    chunked_last: bool,
+    length: Option<u64>,
+    /// Why the `Content-Length` fields cannot be trusted, if they cannot:
+    /// an error only where the length delimits the body.
+    bad_length: Option<&'static str>,
+    /// Fields `Connection` names beyond the fixed hop-by-hop list (rare:
+    /// allocates only then), removed once the map is built.
+    named: Vec<HeaderName>,
+}
+
+impl Scan {
+    fn see(&mut self, name: &HeaderName, value: &HeaderValue) {
+        let items = || value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii);
+        if *name == header::CONNECTION {
+            for token in items() {
+                if token.eq_ignore_ascii_case(b"close") {
+                    self.close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    self.keep_alive = true;
+                } else if let Ok(named) = HeaderName::from_bytes(token)
+                    && headers::hop_by_hop_index(&named).is_none()
+                {
+                    self.named.push(named);
+                }
+            }
+        } else if *name == header::TRANSFER_ENCODING {
+            self.coded = true;
+            if let Some(last) = items().rfind(|t| !t.is_empty()) {
+                self.chunked_last = last.eq_ignore_ascii_case(b"chunked");
+            }
+        } else if *name == header::CONTENT_LENGTH {
+            for part in items() {
+                let n = (!part.is_empty() && part.len() <= 19 && part.iter().all(u8::is_ascii_digit))
+                    .then(|| std::str::from_utf8(part).ok()?.parse::<u64>().ok())
+                    .flatten();
+                match n {
+                    None => self.bad_length = Some("invalid content-length"),
+                    Some(n) if self.length.is_some_and(|l| l != n) => {
+                        self.bad_length = Some("conflicting content-length values");
+                    }
+                    Some(n) => self.length = Some(n),
+                }
+            }
         }
     }
-    if head_request
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        return Ok((Framing::Empty, keep_alive && status != StatusCode::SWITCHING_PROTOCOLS));
-    }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        let last = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .map(|t| t.trim_ascii())
-            .rfind(|t| !t.is_empty());
-        return match last {
+
+    /// How the body is delimited, and whether the connection stays open after it.
+    fn framing(
+        &self,
+        status: StatusCode,
+        version: Version,
+        head_request: bool,
+    ) -> Result<(Framing, bool), &'static str> {
+        let keep_alive = !self.close && (version == Version::HTTP_11 || self.keep_alive);
+        if head_request
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            return Ok((Framing::Empty, keep_alive && status != StatusCode::SWITCHING_PROTOCOLS));
+        }
+        if self.coded {
             // With a length too, the length is ignored and the connection
             // not trusted with another request (RFC 9112 §6.3 point 3).
-            Some(coding) if coding.eq_ignore_ascii_case(b"chunked") => Ok((
-                Framing::Chunked,
-                keep_alive && !headers.contains_key(header::CONTENT_LENGTH),
-            )),
-            _ => Ok((Framing::UntilClose, false)),
-        };
-    }
-    let mut length: Option<u64> = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let part = part.trim_ascii();
-            if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
-                return Err("invalid content-length");
-            }
-            let n: u64 = std::str::from_utf8(part)
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .ok_or("invalid content-length")?;
-            if length.is_some_and(|l| l != n) {
-                return Err("conflicting content-length values");
-            }
-            length = Some(n);
+            return Ok(if self.chunked_last {
+                (
+                    Framing::Chunked,
+                    keep_alive && self.length.is_none() && self.bad_length.is_none(),
+                )
+            } else {
+                (Framing::UntilClose, false)
+            });
         }
+        if let Some(bad) = self.bad_length {
+            return Err(bad);
+        }
+        Ok(match self.length {
+            Some(n) => (Framing::Length(n), keep_alive),
+            None => (Framing::UntilClose, false),
+        })
     }
-    Ok(match length {
-        Some(n) => (Framing::Length(n), keep_alive),
-        None => (Framing::UntilClose, false),
-    })
 }
 
 #[cfg(test)]
@@ -260,6 +299,20 @@ mod tests {
             (head.parts.status.as_u16(), head.framing, head.reusable),
             (101, Framing::Empty, false)
         );
+        assert_eq!(head.parts.headers[header::UPGRADE], "websocket");
+    }
+
+    #[test]
+    fn hop_by_hop_fields_are_read_and_not_handed_on() {
+        let head = parsed(
+            "HTTP/1.1 200 OK\r\nConnection: close, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\n\
+             Upgrade: h2c\r\nTransfer-Encoding: chunked\r\nX-Kept: 1\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!((head.framing, head.reusable), (Framing::Chunked, false));
+        let names: Vec<&str> = head.parts.headers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
     }
 
     proptest! {
