@@ -291,3 +291,80 @@ fail_timeout = "1s""#,
     .await;
     drop(restarted);
 }
+
+/// A server that reads each request whole and answers 503: what a retry on
+/// `http_503` must hide.
+async fn always_503() -> (SocketAddr, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(AtomicU64::new(0));
+    let counter = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    while buf.len() < end + 4 + length {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..end + 4 + length);
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    let answer = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n";
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn a_retried_request_goes_again_with_its_head_and_body() {
+    let well = backends(&["well"]).await;
+    let (sick, sick_seen) = always_503().await;
+    let lb = Fulcrum::start(&config(
+        "round_robin",
+        &[server(sick, ""), server(well[0].addr, "")],
+        r#"retry = { tries = 2, on = ["http_503"] }"#,
+        "max_fails = 0",
+    ));
+    let mut conn = Conn::open(lb.addr("web")).await;
+    // Larger than what goes out in the head's own write, so a try really
+    // consumes the body held for replay (64 KiB by default).
+    let body = bytes::Bytes::from(vec![b'x'; 40 * 1024]);
+    for _ in 0..4 {
+        let req = request("PUT", "/echo?q=1")
+            .header("x-check", "kept")
+            .body(body.clone())
+            .unwrap();
+        let resp = conn.send(req).await;
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        let echo = resp.json();
+        assert_eq!(echo["backend"], "well");
+        assert_eq!(echo["method"], "PUT");
+        assert_eq!(echo["path"], "/echo?q=1");
+        assert_eq!(echo["body_bytes"], body.len());
+        assert_eq!(echo["headers"]["x-check"], "kept");
+    }
+    // Round robin sent half the first tries to the sick server.
+    assert!(sick_seen.load(Ordering::Relaxed) >= 2, "the sick server was tried");
+}

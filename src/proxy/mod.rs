@@ -255,11 +255,11 @@ async fn try_servers(
     let retry = route.retry.as_ref().filter(|_| idempotent);
     let max_tries = retry.map_or(1, |r| r.tries as usize).min(MAX_TRIES);
     let on = retry.map(|r| r.on).unwrap_or_default();
-    // A request whose body is already sent can go again only if it had none.
-    // A request whose body has streamed upstream cannot be sent again; one
-    // held in memory (or with none) can.
+    // A try only borrows the request, and never consumes a body held in
+    // memory (the upstream client writes it from where it is): such a
+    // request, or one without a body, is still whole after any try. One whose
+    // body has streamed upstream cannot go again.
     let replayable = matches!(req.body(), RequestBody::Full(_)) || req.body().is_end_stream();
-    let needs_copy = replayable && (on.timeout || on.http_502 || on.http_503 || on.http_504);
     let deadline = retry.and_then(|r| r.timeout).map(|t| Instant::now() + t);
     let mut tried = [0usize; MAX_TRIES];
     let mut tries = 0;
@@ -280,14 +280,9 @@ async fn try_servers(
         tries += 1;
         meta.server = Some(index);
         meta.retries = tries as u32 - 1;
-        // Each try goes to another server: with none left, keep no copy.
+        // Each try goes to another server.
         let may_retry =
             tries < max_tries && tries < upstream.servers.len() && deadline.is_none_or(|d| Instant::now() < d);
-        let copy = if may_retry && needs_copy {
-            Some(copy_head(req))
-        } else {
-            None
-        };
         let started = Instant::now();
         let sent = send(req, &server, route).await;
         let took = started.elapsed();
@@ -300,13 +295,10 @@ async fn try_servers(
                     return Ok((response, server, index));
                 }
                 server.record_failure(&upstream.name, FailureKind::Status);
-                match copy {
-                    Some(again) if upstream.retry_budget.try_withdraw() => {
-                        *req = again;
-                        last = Some(Ok((response, server, index)));
-                    }
-                    _ => return Ok((response, server, index)),
+                if !(may_retry && replayable && upstream.retry_budget.try_withdraw()) {
+                    return Ok((response, server, index));
                 }
+                last = Some(Ok((response, server, index)));
             }
             Err(failed) => {
                 let kind = match failed.error {
@@ -320,35 +312,13 @@ async fn try_servers(
                     ProxyError::ConnectFailed | ProxyError::UpstreamFailed => on.error,
                     _ => false,
                 };
-                if !(retryable && may_retry && (failed.unsent || copy.is_some())) {
+                if !(retryable && may_retry && (failed.unsent || replayable) && upstream.retry_budget.try_withdraw()) {
                     return Err(failed.error);
-                }
-                if !upstream.retry_budget.try_withdraw() {
-                    return Err(failed.error);
-                }
-                if !failed.unsent
-                    && let Some(again) = copy
-                {
-                    *req = again;
                 }
                 last = Some(Err(failed.error));
             }
         }
     }
-}
-
-/// The request again for a retry: its head, and its body when held in memory.
-fn copy_head(req: &Request<RequestBody>) -> Request<RequestBody> {
-    let body = match req.body() {
-        RequestBody::Full(data) => data.clone(),
-        RequestBody::Stream { .. } => None,
-    };
-    let mut copy = Request::new(RequestBody::Full(body));
-    *copy.method_mut() = req.method().clone();
-    *copy.uri_mut() = req.uri().clone();
-    *copy.version_mut() = req.version();
-    *copy.headers_mut() = req.headers().clone();
-    copy
 }
 
 fn respond(route: &Route, status: http::StatusCode, body: bytes::Bytes) -> Response<ResponseBody> {

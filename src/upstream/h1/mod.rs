@@ -97,8 +97,9 @@ impl Conn {
     }
 
     /// Sends `req` (its body streamed, or from memory) and reads the
-    /// response head. `req` is only borrowed, so that a request that never
-    /// reached the server can be sent again elsewhere.
+    /// response head. `req` is only borrowed, and a body held in memory is
+    /// written from where it is, never taken: such a request is still whole
+    /// after a failed try, and a retry sends it again as it is.
     pub async fn send(&mut self, req: &mut Request<RequestBody>) -> Result<Head, Failed> {
         let head_only = req.method() == Method::HEAD;
         let plan = write_head(&mut self.out, req);
