@@ -90,6 +90,37 @@ async fn slow_server_gives_504_at_the_read_timeout() {
     assert_eq!(get(lb.addr("web"), "/delay/10").await.status, 200);
 }
 
+/// The upstream connection keeps its timer between requests and lets one set
+/// by an earlier request fire early: that must never cut a later request
+/// short of its own read_timeout.
+#[tokio::test]
+async fn a_reused_upstream_connection_gives_each_request_its_whole_read_timeout() {
+    let b = backends(&["app"]).await;
+    let lb = Fulcrum::start(&config(&b[0].addr.to_string(), "", r#"read_timeout = "2s""#));
+    let mut conn = Conn::open(lb.addr("web")).await;
+    let get = |path: &str| request("GET", path).body(Default::default()).unwrap();
+    // Sets the upstream connection's timer to now + 2 s.
+    assert_eq!(conn.send(get("/")).await.status, 200);
+    // A second later, on the same upstream connection, a request that takes
+    // 1.5 s: the first request's timer fires while it waits (at +2 s), yet its
+    // own deadline is +3 s.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let started = Instant::now();
+    let resp = conn.send(get("/delay/1500")).await;
+    assert_eq!(
+        resp.status,
+        200,
+        "cut short after {:?}: {}",
+        started.elapsed(),
+        resp.text()
+    );
+    assert_eq!(
+        b[0].stats.connections.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "one upstream connection"
+    );
+}
+
 #[tokio::test]
 async fn body_over_max_body_size_gives_413_with_or_without_length() {
     let b = backends(&["app"]).await;

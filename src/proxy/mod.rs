@@ -454,16 +454,16 @@ async fn send(
                 });
             }
         };
-        let sent = tokio::time::timeout(route.read_timeout, pooled.conn.send(req)).await;
-        match sent {
-            Err(_elapsed) => {
+        let deadline = tokio::time::Instant::now() + route.read_timeout;
+        match pooled.conn.send(req, deadline).await {
+            Err(failed) if matches!(failed.error, SendError::TimedOut) => {
                 tracing::debug!(server = %server.address, "upstream response timed out");
                 return Err(Failed {
                     error: ProxyError::UpstreamTimeout,
                     unsent: false,
                 });
             }
-            Ok(Ok(head)) if head.parts.status == StatusCode::SWITCHING_PROTOCOLS => {
+            Ok(head) if head.parts.status == StatusCode::SWITCHING_PROTOCOLS => {
                 // The connection now belongs to the tunnel, never the pool.
                 let switched = pooled.conn.into_switched();
                 let pending = tunnel::Pending::new(async move { Ok(Box::new(switched) as Box<dyn tunnel::TunnelIo>) });
@@ -471,11 +471,11 @@ async fn send(
                 parts.extensions.insert(pending);
                 return Ok(Response::from_parts(parts, ResponseBody::empty()));
             }
-            Ok(Ok(head)) => {
+            Ok(head) => {
                 let body = UpstreamBody::new(pooled, head.framing, head.reusable, route.read_timeout, active);
                 return Ok(Response::from_parts(head.parts, ResponseBody::Upstream(body)));
             }
-            Ok(Err(failed)) => {
+            Err(failed) => {
                 if let SendError::Body(BodyError::TooLarge { .. }) = failed.error {
                     return Err(Failed {
                         error: ProxyError::BodyTooLarge,

@@ -9,6 +9,7 @@ mod head;
 
 pub use decode::{DecodeError, Decoded, Decoder, Framing};
 
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -18,6 +19,7 @@ use http::{Method, Request, header};
 use http_body::Body;
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 use crate::body::{BodyError, RequestBody};
 use crate::server::preface::Rewind;
@@ -35,6 +37,9 @@ pub struct Conn {
     buf: BytesMut,
     /// A request head being written.
     out: Vec<u8>,
+    /// The timer for answers that take too long, kept from one exchange to
+    /// the next (see `poll_deadline`).
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 /// A response head, and how its body is delimited.
@@ -57,6 +62,8 @@ pub enum SendError {
     Malformed(&'static str),
     #[error("request body failed")]
     Body(#[source] BodyError),
+    #[error("upstream did not answer within read_timeout")]
+    TimedOut,
 }
 
 /// An exchange that failed, and whether the request can go again as it is
@@ -75,6 +82,7 @@ impl Conn {
             stream,
             buf: BytesMut::new(),
             out: Vec::new(),
+            timer: None,
         }
     }
 
@@ -100,7 +108,9 @@ impl Conn {
     /// response head. `req` is only borrowed, and a body held in memory is
     /// written from where it is, never taken: such a request is still whole
     /// after a failed try, and a retry sends it again as it is.
-    pub async fn send(&mut self, req: &mut Request<RequestBody>) -> Result<Head, Failed> {
+    /// The whole exchange must be done by `deadline`, or it fails with
+    /// `SendError::TimedOut`.
+    pub async fn send(&mut self, req: &mut Request<RequestBody>, deadline: Instant) -> Result<Head, Failed> {
         let head_only = req.method() == Method::HEAD;
         let plan = write_head(&mut self.out, req);
         let mut exchange = Exchange {
@@ -113,7 +123,36 @@ impl Conn {
             data: Bytes::new(),
             tail: b"",
         };
-        std::future::poll_fn(|cx| exchange.poll(self, req.body_mut(), head_only, cx)).await
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(done) = exchange.poll(self, req.body_mut(), head_only, cx) {
+                return Poll::Ready(done);
+            }
+            ready!(self.poll_deadline(deadline, cx));
+            exchange.fail(SendError::TimedOut)
+        })
+        .await
+    }
+
+    /// Ready once `deadline` has passed. The timer is not reset for every
+    /// exchange, which would take it out of the runtime's timer wheel and put
+    /// it back each time: one set for an earlier deadline is left to fire
+    /// early, and only then moved to the deadline of the exchange under way
+    /// (nginx's lazy timers do the same). On a busy connection that is about
+    /// one reset per `read_timeout` instead of one per request.
+    fn poll_deadline(&mut self, deadline: Instant, cx: &mut Context<'_>) -> Poll<()> {
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() > deadline {
+            timer.as_mut().reset(deadline);
+        }
+        loop {
+            ready!(timer.as_mut().poll(cx));
+            if timer.deadline() >= deadline {
+                return Poll::Ready(());
+            }
+            timer.as_mut().reset(deadline);
+        }
     }
 
     /// Hands the connection over to a tunnel after a 101, with whatever the
