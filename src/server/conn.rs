@@ -140,10 +140,14 @@ async fn serve_http2<I>(
             let guard = InFlight::enter(&activity);
             let client = client.clone();
             let shared = shared.clone();
-            async move {
+            // Boxed: hyper moves each stream's future several times (into its
+            // stream state, to the executor, into a task, and tokio again
+            // when the task finishes); the proxy's future is ~5 KiB, a
+            // pointer is not.
+            Box::pin(async move {
                 let response = proxy::handle(req.map(ClientBody::Hyper), &client, &shared).await;
                 Ok::<_, Infallible>(response.map(|inner| TrackedBody { inner, _guard: guard }))
-            }
+            })
         })
     };
     http2::serve(io, service, listener, &activity, shutdown).await;
