@@ -10,10 +10,12 @@ use fulcrum::config::{self, Config};
 use fulcrum::server::Server;
 use fulcrum::{backend, observe};
 
-// mimalloc: fewer instructions per allocation than glibc's malloc on the
+mod allocator;
+
+// mimalloc (see allocator.rs): fewer instructions per allocation than glibc's malloc on the
 // request path (a few small allocations per request).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: allocator::Mimalloc = allocator::Mimalloc;
 
 #[derive(Parser)]
 #[command(name = "fulcrum", version, about = "A layer-7 HTTP load balancer and reverse proxy")]

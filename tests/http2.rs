@@ -103,6 +103,33 @@ async fn hundred_concurrent_streams_on_one_tls_connection_spread_over_three_back
 }
 
 #[tokio::test]
+async fn each_stream_gets_its_own_request_id_as_the_upstream_saw_it() {
+    let b = backends(&["app"]).await;
+    let lb = Fulcrum::start(&config(&[b[0].addr], None));
+    let h2 = h2c(lb.addr("web")).await;
+
+    // Ids are sent never-indexed (HPACK): the client must still decode each
+    // one intact, on one connection whose header table the others share.
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..20 {
+        let resp = h2.get("/echo").await.unwrap();
+        assert_status(&resp, StatusCode::OK);
+        let id = resp
+            .header("x-request-id")
+            .expect("client gets the request id")
+            .to_owned();
+        let echo: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+        assert_eq!(
+            echo["headers"]["x-request-id"],
+            id.as_str(),
+            "upstream and client see the same id"
+        );
+        assert_eq!(id.len(), 32);
+        assert!(seen.insert(id), "ids are not reused");
+    }
+}
+
+#[tokio::test]
 async fn a_slow_reader_on_one_stream_does_not_block_another() {
     let b = backends(&["app"]).await;
     let lb = Fulcrum::start(&config(&[b[0].addr], None));

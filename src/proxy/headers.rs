@@ -23,10 +23,19 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
                 .iter()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'+' | b'/' | b'='));
         if sane {
-            return given.clone();
+            return never_indexed(given.clone());
         }
     }
-    generate_request_id()
+    never_indexed(generate_request_id())
+}
+
+/// Marks a request id sensitive: HTTP/2's HPACK then sends it as a
+/// never-indexed literal instead of adding a value seen once to the
+/// connection's table, where every later response would be compared with it
+/// and it would push out the entries that do repeat.
+fn never_indexed(mut id: HeaderValue) -> HeaderValue {
+    id.set_sensitive(true);
+    id
 }
 
 /// Request ids made at a time: one buffer, and one allocation, serves this
@@ -203,5 +212,13 @@ mod tests {
         let many: std::collections::HashSet<_> = (0..3 * IDS_PER_BLOCK).map(|_| request_id(&h)).collect();
         assert_eq!(many.len(), 3 * IDS_PER_BLOCK, "ids are random");
         assert_eq!(request_id(&HeaderMap::new()).len(), 32);
+    }
+
+    #[test]
+    fn request_ids_are_never_indexed_by_hpack() {
+        let mut h = HeaderMap::new();
+        assert!(request_id(&h).is_sensitive());
+        h.insert(X_REQUEST_ID, HeaderValue::from_static("req-42.a"));
+        assert!(request_id(&h).is_sensitive());
     }
 }

@@ -140,10 +140,17 @@ async fn serve_http2<I>(
             let guard = InFlight::enter(&activity);
             let client = client.clone();
             let shared = shared.clone();
-            async move {
+            // Boxed: hyper moves each stream's future several times (into its
+            // stream state, to the executor, into a task, and tokio again
+            // when the task finishes); the proxy's future is ~5 KiB, a
+            // pointer is not. The box is allocated before the future is made
+            // so that it is built in place: `Box::pin(async { .. })` built it
+            // on the stack and copied all 5 KiB, twice.
+            let slot = Box::new_uninit();
+            Box::into_pin(Box::write(slot, async move {
                 let response = proxy::handle(req.map(ClientBody::Hyper), &client, &shared).await;
                 Ok::<_, Infallible>(response.map(|inner| TrackedBody { inner, _guard: guard }))
-            }
+            }))
         })
     };
     http2::serve(io, service, listener, &activity, shutdown).await;
