@@ -153,6 +153,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<I> {
                         // Idle with nothing pipelined: hold no buffer while waiting.
                         self.read = BytesMut::new();
                     }
+                    self.out.release();
                     wait = Wait::Idle(None);
                 }
                 After::Close { linger } => break linger,
