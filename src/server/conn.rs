@@ -268,36 +268,29 @@ impl TimedIo {
 /// One timer for a connection's successive deadlines, re-armed lazily: a
 /// deadline later than the one armed waits for the early firing instead of
 /// touching the timer wheel, so a busy keep-alive connection rarely does.
-pub(super) struct Deadline {
-    sleep: Pin<Box<Sleep>>,
-    /// Where `sleep` is set to fire.
-    armed: Instant,
-}
+/// Where it is armed is the sleep's own deadline: nothing kept beside it.
+pub(super) struct Deadline(Pin<Box<Sleep>>);
 
 impl Deadline {
     pub(super) fn new(at: Instant) -> Self {
-        Deadline {
-            sleep: Box::pin(tokio::time::sleep_until(at)),
-            armed: at,
-        }
+        Deadline(Box::pin(tokio::time::sleep_until(at)))
     }
 
     /// Ready once `at` has passed.
     pub(super) fn poll_until(&mut self, cx: &mut Context<'_>, at: Instant) -> Poll<()> {
+        let sleep = &mut self.0;
         loop {
-            if self.armed > at {
-                self.armed = at;
-                self.sleep.as_mut().reset(at);
+            if sleep.deadline() > at {
+                sleep.as_mut().reset(at);
             }
-            if self.sleep.as_mut().poll(cx).is_pending() {
+            if sleep.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
             if Instant::now() >= at {
                 return Poll::Ready(());
             }
             // Fired early for a deadline that has since moved later.
-            self.armed = at;
-            self.sleep.as_mut().reset(at);
+            sleep.as_mut().reset(at);
         }
     }
 }
