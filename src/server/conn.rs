@@ -239,11 +239,14 @@ impl TimedIo {
     }
 
     /// Waits until the client has sent something (or closed), within the
-    /// request-header deadline, without reading anything.
+    /// request-header deadline, without reading anything. Asks the socket
+    /// (a peek) rather than trusting readiness: tokio takes an accepted
+    /// socket to be readable before anything has come.
     async fn readable(&mut self) -> io::Result<()> {
         std::future::poll_fn(|cx| {
+            let mut byte = [std::mem::MaybeUninit::uninit()];
             // An error shows itself again on the first read.
-            if self.stream.poll_read_ready(cx).is_ready() {
+            if self.stream.poll_peek(cx, &mut ReadBuf::uninit(&mut byte)).is_ready() {
                 return Poll::Ready(Ok(()));
             }
             match self.poll_due(cx) {
