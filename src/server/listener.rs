@@ -15,6 +15,7 @@ use super::proxy_protocol::{self, Header};
 use super::{ConnTracker, ListenerSlot, Shared};
 use crate::observe::metrics::ListenerStats;
 use crate::proxy::ClientInfo;
+use std::future::Future;
 
 /// What connections accepted on a socket get.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,17 +58,15 @@ impl Drop for Held {
     }
 }
 
-/// The client's address: the peer's, or on a `proxy_protocol` listener the
-/// one its PROXY header carries. `None`: no valid header in time (closed).
-async fn stream_peer(
+/// The client's address on a `proxy_protocol` listener: the one its PROXY
+/// header carries (the peer's for a LOCAL header). `None`: no valid header
+/// in time (closed).
+async fn proxied_peer(
     stream: &mut tokio::net::TcpStream,
     peer: SocketAddr,
     listener: &crate::config::Listener,
     stats: &ListenerStats,
 ) -> Option<SocketAddr> {
-    if !listener.proxy_protocol {
-        return Some(peer);
-    }
     match proxy_protocol::read(stream, listener.request_header_timeout).await {
         Ok(Header::Proxied(client)) => Some(client),
         Ok(Header::Local) => Some(peer),
@@ -81,10 +80,9 @@ async fn stream_peer(
 
 /// `max_connections_per_ip` for the client's address: over its limit, the
 /// connection is closed before anything is read from it.
-fn admit(client: Option<SocketAddr>, per_ip: &Arc<PerIp>, stats: &ListenerStats) -> Option<(SocketAddr, PerIpGuard)> {
-    let client = client?;
+fn admit(client: SocketAddr, per_ip: &Arc<PerIp>, stats: &ListenerStats) -> Option<PerIpGuard> {
     match per_ip.try_enter(client.ip()) {
-        Some(guard) => Some((client, guard)),
+        Some(guard) => Some(guard),
         None => {
             stats.refused_per_ip.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(%client, "max_connections_per_ip reached: connection refused");
@@ -135,7 +133,7 @@ pub(super) async fn accept_loop(l: WorkerListener, shared: Arc<Shared>, tracker:
         return;
     }
     loop {
-        let (mut stream, peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(error) => {
@@ -158,49 +156,102 @@ pub(super) async fn accept_loop(l: WorkerListener, shared: Arc<Shared>, tracker:
             },
             _ = stop.changed() => return,
         };
-        let shared = shared.clone();
-        let stop = stop.clone();
         let guard = tracker.enter();
-        let stats = stats.clone();
         stats.total.fetch_add(1, Ordering::Relaxed);
         stats.active.fetch_add(1, Ordering::Relaxed);
-        let per_ip = per_ip.clone();
+        let held = Held {
+            _permit: permit,
+            _per_ip: None,
+            _conn: guard,
+            stats: stats.clone(),
+        };
+        let accepted = Accepted {
+            stream,
+            peer,
+            slot,
+            held,
+        };
+        let snapshot = shared.snapshot.load_full();
+        let Some(id) = snapshot.listener_id(slot) else { continue };
+        let listener = &snapshot.config.listeners[id.0];
+        if role == Role::Proxy && !listener.proxy_protocol {
+            // Spawned as it is: the task of an idle connection is no larger
+            // than what `conn::serve` makes.
+            if let Some(connection) = serve(accepted, listener, &per_ip, &shared, &stop) {
+                tokio::spawn(connection);
+            }
+            continue;
+        }
+        let (shared, per_ip, stop) = (shared.clone(), per_ip.clone(), stop.clone());
         tokio::spawn(async move {
-            let snapshot = shared.snapshot.load_full();
-            let Some(id) = snapshot.listener_id(slot) else {
-                stats.active.fetch_sub(1, Ordering::Relaxed);
-                return;
-            };
             let listener = &snapshot.config.listeners[id.0];
-            let mut held = Held {
-                _permit: permit,
-                _per_ip: None,
-                _conn: guard,
-                stats,
-            };
-            let Some(peer) = admit(
-                stream_peer(&mut stream, peer, listener, &held.stats).await,
-                &per_ip,
-                &held.stats,
-            ) else {
-                return;
-            };
-            held._per_ip = Some(peer.1);
+            let mut accepted = accepted;
+            if listener.proxy_protocol {
+                // Boxed: it is done with once the header is in.
+                let (stream, stats) = (&mut accepted.stream, &accepted.held.stats);
+                let Some(peer) = Box::pin(proxied_peer(stream, accepted.peer, listener, stats)).await else {
+                    return;
+                };
+                accepted.peer = peer;
+            }
             match role {
                 Role::Proxy => {
-                    let mut client = ClientInfo::new(slot, peer.0, Box::new(held));
-                    client.tls = listener.tls.is_some();
-                    super::conn::serve(stream, client, listener, shared.clone(), stop).await;
+                    if let Some(connection) = serve(accepted, listener, &per_ip, &shared, &stop) {
+                        connection.await;
+                    }
                 }
                 Role::Redirect { https_port } => {
-                    // Boxed: its HTTP connection would otherwise make every
-                    // connection task of the worker as large as itself.
+                    let Accepted {
+                        stream, peer, mut held, ..
+                    } = accepted;
+                    let Some(guard) = admit(peer, &per_ip, &held.stats) else {
+                        return;
+                    };
+                    held._per_ip = Some(guard);
+                    // Boxed: its HTTP connection would otherwise make the task
+                    // of every PROXY protocol connection as large as itself.
                     Box::pin(super::redirect::serve(stream, https_port, listener, stop)).await;
                     drop(held);
                 }
             }
         });
     }
+}
+
+/// An accepted connection, counted, before it has been admitted.
+struct Accepted {
+    stream: tokio::net::TcpStream,
+    /// The client's address.
+    peer: SocketAddr,
+    slot: ListenerSlot,
+    held: Held,
+}
+
+/// The connection served through the proxy, once `max_connections_per_ip`
+/// admits it (`None`: refused, closed).
+fn serve(
+    accepted: Accepted,
+    listener: &crate::config::Listener,
+    per_ip: &Arc<PerIp>,
+    shared: &Arc<Shared>,
+    stop: &watch::Receiver<bool>,
+) -> Option<impl Future<Output = ()> + Send + 'static + use<>> {
+    let Accepted {
+        stream,
+        peer,
+        slot,
+        mut held,
+    } = accepted;
+    held._per_ip = Some(admit(peer, per_ip, &held.stats)?);
+    let mut client = ClientInfo::new(slot, peer, Box::new(held));
+    client.tls = listener.tls.is_some();
+    Some(super::conn::serve(
+        stream,
+        Arc::new(client),
+        listener,
+        shared.clone(),
+        stop.clone(),
+    ))
 }
 
 #[cfg(test)]
