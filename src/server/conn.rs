@@ -20,9 +20,9 @@ use futures_util::FutureExt as _;
 use futures_util::future::Either;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
+use super::closing::Closing;
 use super::h1::{self, Prior};
 use super::{Shared, http2};
 use crate::config::Listener;
@@ -56,14 +56,14 @@ pub(super) fn serve(
     client: Arc<ClientInfo>,
     listener: &Listener,
     shared: Arc<Shared>,
-    shutdown: watch::Receiver<bool>,
+    closing: Arc<Closing>,
 ) -> impl Future<Output = ()> + Send + 'static + use<> {
     // TCP_NODELAY comes from the listening socket (inherited at accept).
     let limits = Limits::of(listener);
     if let Some(tls) = &listener.tls {
         let io = TimedIo::new(stream, limits.header_timeout);
         let tls = tls.server_config.clone();
-        return Either::Left(serve_tls(io, tls, client, limits, shared, shutdown));
+        return Either::Left(serve_tls(io, tls, client, limits, shared, closing));
     }
     let due = Instant::now() + limits.header_timeout;
     let http1 = h1::serve(
@@ -74,7 +74,7 @@ pub(super) fn serve(
         limits,
         client,
         shared,
-        shutdown,
+        closing,
     );
     Either::Right(http1.then(|prior| match prior {
         // Boxed: the task of every plain connection need not have room for
@@ -84,7 +84,7 @@ pub(super) fn serve(
             h2c.client,
             h2c.limits,
             h2c.shared,
-            h2c.shutdown,
+            h2c.closing,
         ))),
         None => Either::Right(std::future::ready(())),
     }))
@@ -100,7 +100,7 @@ fn serve_tls(
     client: Arc<ClientInfo>,
     limits: Limits,
     shared: Arc<Shared>,
-    shutdown: watch::Receiver<bool>,
+    closing: Arc<Closing>,
 ) -> impl Future<Output = ()> + Send + 'static {
     async move {
         if let Err(error) = io.readable().await {
@@ -108,7 +108,7 @@ fn serve_tls(
             return;
         }
         // Boxed: an idle connection's task need not have room for a TLS session.
-        Box::pin(serve_tls_session(io, tls, client, limits, shared, shutdown)).await;
+        Box::pin(serve_tls_session(io, tls, client, limits, shared, closing)).await;
     }
 }
 
@@ -119,7 +119,7 @@ async fn serve_tls_session(
     client: Arc<ClientInfo>,
     limits: Limits,
     shared: Arc<Shared>,
-    shutdown: watch::Receiver<bool>,
+    closing: Arc<Closing>,
 ) {
     let peer = client.peer;
     // The handshake gets the time a request head would: a client that
@@ -139,12 +139,12 @@ async fn serve_tls_session(
     let (io, session) = stream.get_mut();
     if session.alpn_protocol() == Some(crate::tls::ALPN_H2) {
         io.pass_through();
-        http2::serve(stream, client, limits, shared, shutdown).await;
+        http2::serve(stream, client, limits, shared, closing).await;
     } else {
         // The first head is due a header timeout after the handshake.
         let due = Instant::now() + limits.header_timeout;
         let Some(timer) = io.take_timer() else { return };
-        let http1 = h1::serve(stream, timer, due, Prior::Http1Only, limits, client, shared, shutdown);
+        let http1 = h1::serve(stream, timer, due, Prior::Http1Only, limits, client, shared, closing);
         // Only a plain connection is handed back for HTTP/2.
         let _ = http1.await;
     }
@@ -288,9 +288,7 @@ impl AsyncWrite for TimedIo {
 mod tests {
     use super::*;
 
-    fn output_size<F>(
-        _: impl FnOnce(TcpStream, Arc<ClientInfo>, &Listener, Arc<Shared>, watch::Receiver<bool>) -> F,
-    ) -> usize {
+    fn output_size<F>(_: impl FnOnce(TcpStream, Arc<ClientInfo>, &Listener, Arc<Shared>, Arc<Closing>) -> F) -> usize {
         std::mem::size_of::<F>()
     }
 

@@ -17,10 +17,10 @@ use hyper::body::Incoming;
 use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::Shared;
+use super::closing::Closing;
 use super::conn::Limits;
 use crate::body::{BodyError, ClientBody};
 use crate::observe::access_log::LoggedBody;
@@ -39,13 +39,8 @@ const CONNECTION_WINDOW_BYTES: u32 = 4 * 1024 * 1024;
 /// Serves HTTP/2 on `io` (the preface not yet read) until the client
 /// closes, the connection has been idle too long, or shutdown has drained
 /// it; each stream a request through the proxy.
-pub(super) async fn serve<I>(
-    io: I,
-    client: Arc<ClientInfo>,
-    limits: Limits,
-    shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
-) where
+pub(super) async fn serve<I>(io: I, client: Arc<ClientInfo>, limits: Limits, shared: Arc<Shared>, closing: Arc<Closing>)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity::default());
@@ -72,7 +67,8 @@ pub(super) async fn serve<I>(
     let mut idle = IdleWatch::new(activity, limits);
     let timer = tokio::time::sleep_until(idle.next_check);
     tokio::pin!(timer);
-    let mut draining = *shutdown.borrow();
+    let mut closed = std::pin::pin!(closing.raised());
+    let mut draining = closing.is_raised();
     if draining {
         conn.as_mut().graceful_shutdown();
     }
@@ -84,12 +80,10 @@ pub(super) async fn serve<I>(
                 }
                 return;
             }
-            changed = shutdown.changed(), if !draining => {
-                if changed.is_err() || *shutdown.borrow() {
-                    draining = true;
-                    // GOAWAY: streams already open finish, no new ones start.
-                    conn.as_mut().graceful_shutdown();
-                }
+            () = closed.as_mut(), if !draining => {
+                draining = true;
+                // GOAWAY: streams already open finish, no new ones start.
+                conn.as_mut().graceful_shutdown();
             }
             () = &mut timer, if !draining => {
                 if idle.has_been_idle() {

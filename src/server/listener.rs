@@ -8,8 +8,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 
+use super::closing::Closing;
 use super::per_ip::{PerIp, PerIpGuard};
 use super::proxy_protocol::{self, Header};
 use super::{ConnTracker, ListenerSlot, Shared};
@@ -38,9 +39,9 @@ pub(crate) struct WorkerListener {
     pub stats: Arc<ListenerStats>,
     /// `max_connections_per_ip`.
     pub per_ip: Arc<PerIp>,
-    /// Turns true (or is dropped) when the listener closes: at shutdown, or
-    /// when a reload removes it. Its connections close gracefully then.
-    pub stop: watch::Receiver<bool>,
+    /// Raised when the listener closes: at shutdown, or when a reload
+    /// removes it. Its connections close gracefully then.
+    pub closing: Arc<Closing>,
 }
 
 /// What an accepted connection holds until it (and any tunnel it became)
@@ -120,7 +121,7 @@ pub(super) async fn accept_loop(l: WorkerListener, shared: Arc<Shared>, tracker:
         slots,
         stats,
         per_ip,
-        mut stop,
+        closing,
     } = l;
     let listener = match tokio::net::TcpListener::from_std(socket) {
         Ok(l) => l,
@@ -129,7 +130,7 @@ pub(super) async fn accept_loop(l: WorkerListener, shared: Arc<Shared>, tracker:
             return;
         }
     };
-    if *stop.borrow_and_update() {
+    if closing.is_raised() {
         return;
     }
     loop {
@@ -143,7 +144,7 @@ pub(super) async fn accept_loop(l: WorkerListener, shared: Arc<Shared>, tracker:
                     continue;
                 }
             },
-            _ = stop.changed() => return,
+            () = closing.raised() => return,
         };
         // At the limit, this worker stops accepting until a slot frees: the
         // connection in hand waits, and the others wait in the backlog. Taking
@@ -154,7 +155,7 @@ pub(super) async fn accept_loop(l: WorkerListener, shared: Arc<Shared>, tracker:
                 Ok(p) => p,
                 Err(_) => return,
             },
-            _ = stop.changed() => return,
+            () = closing.raised() => return,
         };
         let guard = tracker.enter();
         stats.total.fetch_add(1, Ordering::Relaxed);
@@ -177,12 +178,12 @@ pub(super) async fn accept_loop(l: WorkerListener, shared: Arc<Shared>, tracker:
         if role == Role::Proxy && !listener.proxy_protocol {
             // Spawned as it is: the task of an idle connection is no larger
             // than what `conn::serve` makes.
-            if let Some(connection) = serve(accepted, listener, &per_ip, &shared, &stop) {
+            if let Some(connection) = serve(accepted, listener, &per_ip, &shared, &closing) {
                 tokio::spawn(connection);
             }
             continue;
         }
-        let (shared, per_ip, stop) = (shared.clone(), per_ip.clone(), stop.clone());
+        let (shared, per_ip, closing) = (shared.clone(), per_ip.clone(), closing.clone());
         tokio::spawn(async move {
             let listener = &snapshot.config.listeners[id.0];
             let mut accepted = accepted;
@@ -196,7 +197,7 @@ pub(super) async fn accept_loop(l: WorkerListener, shared: Arc<Shared>, tracker:
             }
             match role {
                 Role::Proxy => {
-                    if let Some(connection) = serve(accepted, listener, &per_ip, &shared, &stop) {
+                    if let Some(connection) = serve(accepted, listener, &per_ip, &shared, &closing) {
                         connection.await;
                     }
                 }
@@ -210,7 +211,7 @@ pub(super) async fn accept_loop(l: WorkerListener, shared: Arc<Shared>, tracker:
                     held._per_ip = Some(guard);
                     // Boxed: its HTTP connection would otherwise make the task
                     // of every PROXY protocol connection as large as itself.
-                    Box::pin(super::redirect::serve(stream, https_port, listener, stop)).await;
+                    Box::pin(super::redirect::serve(stream, https_port, listener, &closing)).await;
                     drop(held);
                 }
             }
@@ -234,7 +235,7 @@ fn serve(
     listener: &crate::config::Listener,
     per_ip: &Arc<PerIp>,
     shared: &Arc<Shared>,
-    stop: &watch::Receiver<bool>,
+    closing: &Arc<Closing>,
 ) -> Option<impl Future<Output = ()> + Send + 'static + use<>> {
     let Accepted {
         stream,
@@ -250,7 +251,7 @@ fn serve(
         Arc::new(client),
         listener,
         shared.clone(),
-        stop.clone(),
+        closing.clone(),
     ))
 }
 

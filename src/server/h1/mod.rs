@@ -34,10 +34,10 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::Shared;
+use super::closing::Closing;
 use super::conn::{Deadline, Limits};
 use super::preface::{self, Protocol, Rewind};
 use crate::proxy::ClientInfo;
@@ -69,7 +69,7 @@ pub(super) struct Http2Prior<I> {
     pub client: Arc<ClientInfo>,
     pub limits: Limits,
     pub shared: Arc<Shared>,
-    pub shutdown: watch::Receiver<bool>,
+    pub closing: Arc<Closing>,
 }
 
 /// Serves HTTP/1 on `io` until the client closes, a timeout passes, an
@@ -85,7 +85,7 @@ pub(super) fn serve<I>(
     limits: Limits,
     client: Arc<ClientInfo>,
     shared: Arc<Shared>,
-    shutdown: watch::Receiver<bool>,
+    closing: Arc<Closing>,
 ) -> impl Future<Output = Option<Http2Prior<I>>> + Send + 'static
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -97,7 +97,7 @@ where
         out: Outbox::default(),
         timer,
         limits,
-        shutdown,
+        closing,
     };
     let wait = match prior {
         Prior::MaybeHttp2 => Wait::Preface(head_deadline),
@@ -116,7 +116,7 @@ struct Conn<I> {
     out: Outbox,
     timer: Deadline,
     limits: Limits,
-    shutdown: watch::Receiver<bool>,
+    closing: Arc<Closing>,
 }
 
 /// What the wait for the next head is bound by.
@@ -156,14 +156,11 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<I> {
         async move {
             let mut refused = None;
             let linger = {
-                // Resolves once shutdown starts. Kept in the task while it
-                // serves requests, so that waiting idle costs no
+                // Resolves once the listener closes. Kept in the task while
+                // it serves requests, so that waiting idle costs no
                 // registration per request and no allocation of its own.
-                let mut shutdown = self.shutdown.clone();
-                let mut stop = std::pin::pin!(async move {
-                    // A dropped sender means the balancer is going away too.
-                    let _ = shutdown.wait_for(|&stopping| stopping).await;
-                });
+                let closing = self.closing.clone();
+                let mut stop = std::pin::pin!(closing.raised());
                 loop {
                     let head = match std::future::poll_fn(|cx| self.poll_head(cx, &mut wait, stop.as_mut())).await {
                         Next::Head(head) => head,
@@ -172,7 +169,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<I> {
                                 io,
                                 read,
                                 limits,
-                                shutdown,
+                                closing,
                                 ..
                             } = self;
                             return Some(Http2Prior {
@@ -180,7 +177,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<I> {
                                 client,
                                 limits,
                                 shared,
-                                shutdown,
+                                closing,
                             });
                         }
                         Next::Closed => break false,
@@ -284,7 +281,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<I> {
     }
 
     fn stopping(&self) -> bool {
-        *self.shutdown.borrow()
+        self.closing.is_raised()
     }
 
     /// Answers a request the codec refuses with `status`, in plain text
