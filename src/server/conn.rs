@@ -292,12 +292,13 @@ mod tests {
         std::mem::size_of::<F>()
     }
 
-    /// What `serve` makes is the whole task of a plain connection (tokio
-    /// adds its header), idle ones included: growing it grows every idle
-    /// connection, so it is pinned here.
+    /// What `serve` makes is the whole task of a plain connection, idle
+    /// ones included: growing it grows every idle connection, so it is
+    /// pinned here. tokio adds about 100 bytes and rounds the task up to a
+    /// multiple of 128: up to ~400 bytes, the task takes 512.
     #[test]
     fn the_task_of_an_idle_connection_stays_small() {
         let bytes = output_size(serve);
-        assert!(bytes <= 512, "{bytes} bytes");
+        assert!(bytes <= 400, "{bytes} bytes");
     }
 }

@@ -209,13 +209,22 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<I> {
                     }
                 }
             };
-            if let Some(error) = refused {
+            if let Some(error) = &refused {
                 tracing::debug!(%error, client = %client.peer, "request head refused");
-                self.refuse(error.status(), &error).await;
             }
-            self.close(linger).await;
+            // Boxed: it happens once, at the end, and would otherwise need
+            // room of its own beside what the idle wait keeps.
+            Box::pin(self.finish(refused, linger)).await;
             None
         }
+    }
+
+    /// Answers a refused head, if any, then closes.
+    async fn finish(&mut self, refused: Option<HeadError>, linger: bool) {
+        if let Some(error) = refused {
+            self.refuse(error.status(), &error).await;
+        }
+        self.close(linger).await;
     }
 
     fn poll_head(
