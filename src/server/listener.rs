@@ -166,7 +166,7 @@ pub(super) async fn accept_loop(l: WorkerListener, shared: Arc<Shared>, tracker:
             _conn: guard,
             stats: stats.clone(),
         };
-        let accepted = Accepted {
+        let mut accepted = Accepted {
             stream,
             peer,
             slot,
@@ -186,19 +186,19 @@ pub(super) async fn accept_loop(l: WorkerListener, shared: Arc<Shared>, tracker:
         let (shared, per_ip, closing) = (shared.clone(), per_ip.clone(), closing.clone());
         tokio::spawn(async move {
             let listener = &snapshot.config.listeners[id.0];
-            let mut accepted = accepted;
             if listener.proxy_protocol {
-                // Boxed: it is done with once the header is in.
                 let (stream, stats) = (&mut accepted.stream, &accepted.held.stats);
-                let Some(peer) = Box::pin(proxied_peer(stream, accepted.peer, listener, stats)).await else {
+                let Some(peer) = proxied_peer(stream, accepted.peer, listener, stats).await else {
                     return;
                 };
                 accepted.peer = peer;
             }
             match role {
+                // A task of its own, the one a connection without the header
+                // gets; this one, sized for the header read, ends here.
                 Role::Proxy => {
                     if let Some(connection) = serve(accepted, listener, &per_ip, &shared, &closing) {
-                        connection.await;
+                        tokio::spawn(connection);
                     }
                 }
                 Role::Redirect { https_port } => {
@@ -209,9 +209,7 @@ pub(super) async fn accept_loop(l: WorkerListener, shared: Arc<Shared>, tracker:
                         return;
                     };
                     held._per_ip = Some(guard);
-                    // Boxed: its HTTP connection would otherwise make the task
-                    // of every PROXY protocol connection as large as itself.
-                    Box::pin(super::redirect::serve(stream, https_port, listener, &closing)).await;
+                    super::redirect::serve(stream, https_port, listener, &closing).await;
                     drop(held);
                 }
             }
