@@ -294,10 +294,12 @@ async fn idle_keepalive_connections_hold_no_buffers() {
 }
 
 #[tokio::test]
-async fn shutdown_closes_idle_connections_at_once_and_busy_ones_after_their_response() {
+async fn shutdown_closes_idle_and_silent_connections_at_once_and_busy_ones_after_their_response() {
     let b = backends(&["app"]).await;
     let mut lb = Fulcrum::start(&config(b[0].addr));
     let web = lb.addr("web");
+    // Accepted (one worker, in order) before the others are served.
+    let mut silent = TcpStream::connect(web).await.unwrap();
     let mut idle = TcpStream::connect(web).await.unwrap();
     idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
     read_response(&mut idle, &mut Vec::new()).await;
@@ -314,6 +316,10 @@ async fn shutdown_closes_idle_connections_at_once_and_busy_ones_after_their_resp
     assert!(
         closes_within(&mut idle, Duration::from_secs(1)).await,
         "idle connection still open"
+    );
+    assert!(
+        closes_within(&mut silent, Duration::from_secs(1)).await,
+        "connection that never sent anything still open"
     );
     assert!(signalled.elapsed() < Duration::from_secs(1));
     let resp = read_response(&mut busy, &mut Vec::new()).await;

@@ -130,6 +130,27 @@ async fn each_stream_gets_its_own_request_id_as_the_upstream_saw_it() {
 }
 
 #[tokio::test]
+async fn the_h2c_preface_in_pieces_is_still_http2() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let b = backends(&["app"]).await;
+    let lb = Fulcrum::start(&config(&[b[0].addr], None));
+    let mut tcp = TcpStream::connect(lb.addr("web")).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    for piece in [&b"PRI * HT"[..], b"TP/2.0\r\n\r\nSM", b"\r\n\r\n"] {
+        tcp.write_all(piece).await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    // An empty SETTINGS frame: length 0, type 4, no flags, stream 0.
+    tcp.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+    let mut frame = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_exact(&mut frame))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    assert_eq!(frame[3], 4, "the first frame back is the server's SETTINGS: {frame:?}");
+}
+
+#[tokio::test]
 async fn a_slow_reader_on_one_stream_does_not_block_another() {
     let b = backends(&["app"]).await;
     let lb = Fulcrum::start(&config(&[b[0].addr], None));

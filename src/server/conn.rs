@@ -2,95 +2,130 @@
 //! (HTTP/1.1 by our own codec in `h1`, or HTTP/2 through hyper, by ALPN or
 //! prior knowledge), over a socket whose reads enforce the first head's
 //! deadline.
+//!
+//! Memory: the task of an idle connection is a plain listener's HTTP/1
+//! codec waiting (before its first request too) or, on a TLS listener, the
+//! wait for the client's first bytes; everything else (a TLS session, an
+//! HTTP/2 connection, a request) is boxed when it begins, so the task of
+//! every connection is not as large as the largest of them.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::Request;
-use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
+use futures_util::FutureExt as _;
+use futures_util::future::Either;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
-use super::preface::{self, Protocol};
-use super::{Shared, h1, http2};
-use crate::body::{BodyError, ClientBody};
+use super::closing::Closing;
+use super::h1::{self, Prior};
+use super::{Shared, http2};
 use crate::config::Listener;
-use crate::observe::access_log::LoggedBody;
-use crate::proxy::{self, ClientInfo};
+use crate::proxy::ClientInfo;
 
-/// Serves one accepted connection until it closes or shutdown has drained it.
-pub(super) fn serve<'a>(
-    stream: TcpStream,
-    client: ClientInfo,
-    listener: &'a Listener,
-    shared: Arc<Shared>,
-    shutdown: watch::Receiver<bool>,
-) -> impl Future<Output = ()> + Send + 'a {
-    // TCP_NODELAY comes from the listening socket (inherited at accept).
-    // Made before the future, which would otherwise keep room for the
-    // arguments as well as for what they become, in every idle connection.
-    let io = TimedIo::new(stream, listener.request_header_timeout);
-    serve_io(io, Arc::new(client), listener, shared, shutdown)
+/// A listener's limits, as its connections apply them; copied when a
+/// connection is accepted, so it keeps them across reloads.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Limits {
+    pub header_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub max_header_bytes: usize,
 }
 
-async fn serve_io(
-    mut io: TimedIo,
+impl Limits {
+    fn of(listener: &Listener) -> Self {
+        Limits {
+            header_timeout: listener.request_header_timeout,
+            keepalive_timeout: listener.keepalive_timeout,
+            max_header_bytes: listener.max_header_bytes,
+        }
+    }
+}
+
+/// Serves one accepted connection until it closes or shutdown has drained
+/// it. The future is made whole here (no `async fn` around it), since an
+/// `async fn` keeps its arguments for its whole life, in every idle
+/// connection's task.
+pub(super) fn serve(
+    stream: TcpStream,
     client: Arc<ClientInfo>,
     listener: &Listener,
     shared: Arc<Shared>,
-    shutdown: watch::Receiver<bool>,
-) {
-    // No buffer is allocated for a connection until it has something to
-    // say: an idle new connection costs its socket and this small task.
-    if let Err(error) = io.readable().await {
-        tracing::debug!(%error, client = %client.peer, "client connection ended before a request");
-        return;
-    }
+    closing: Arc<Closing>,
+) -> impl Future<Output = ()> + Send + 'static + use<> {
+    // TCP_NODELAY comes from the listening socket (inherited at accept).
+    let limits = Limits::of(listener);
     if let Some(tls) = &listener.tls {
-        // Boxed: a plain connection's task need not have room for a TLS session.
-        return Box::pin(serve_tls(io, tls, client, listener, shared, shutdown)).await;
+        let io = TimedIo::new(stream, limits.header_timeout);
+        let tls = tls.server_config.clone();
+        return Either::Left(serve_tls(io, tls, client, limits, shared, closing));
     }
-    let sniffed = preface::sniff(io).await;
-    let (protocol, first, mut io) = match sniffed {
-        Ok(sniffed) => sniffed,
-        Err(error) => {
+    let due = Instant::now() + limits.header_timeout;
+    let http1 = h1::serve(
+        stream,
+        Deadline::new(due),
+        due,
+        Prior::MaybeHttp2,
+        limits,
+        client,
+        shared,
+        closing,
+    );
+    Either::Right(http1.then(|prior| match prior {
+        // Boxed: the task of every plain connection need not have room for
+        // an HTTP/2 connection.
+        Some(h2c) => Either::Left(Box::pin(http2::serve(
+            h2c.io,
+            h2c.client,
+            h2c.limits,
+            h2c.shared,
+            h2c.closing,
+        ))),
+        None => Either::Right(std::future::ready(())),
+    }))
+}
+
+/// A TLS connection: nothing is allocated for its session until the client
+/// has sent something (within the header timeout).
+// Not an `async fn`, which would keep its arguments twice (see `serve`).
+#[allow(clippy::manual_async_fn)]
+fn serve_tls(
+    mut io: TimedIo,
+    tls: Arc<rustls::ServerConfig>,
+    client: Arc<ClientInfo>,
+    limits: Limits,
+    shared: Arc<Shared>,
+    closing: Arc<Closing>,
+) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        if let Err(error) = io.readable().await {
             tracing::debug!(%error, client = %client.peer, "client connection ended before a request");
             return;
         }
-    };
-    if protocol == Protocol::Http2 {
-        io.pass_through();
-        let io = preface::Rewind::new(first.freeze(), io);
-        return Box::pin(serve_http2(io, client, listener, shared, shutdown)).await;
+        // Boxed: an idle connection's task need not have room for a TLS session.
+        Box::pin(serve_tls_session(io, tls, client, limits, shared, closing)).await;
     }
-    let (stream, timer, due) = io.into_parts();
-    h1::serve(stream, first, timer, due, listener, client, shared, shutdown).await;
 }
 
-/// TLS, then HTTP/2 or HTTP/1.1 as ALPN chose.
-async fn serve_tls(
+/// The TLS handshake, then HTTP/2 or HTTP/1.1 as ALPN chose.
+async fn serve_tls_session(
     io: TimedIo,
-    tls: &crate::config::ListenerTls,
+    tls: Arc<rustls::ServerConfig>,
     client: Arc<ClientInfo>,
-    listener: &Listener,
+    limits: Limits,
     shared: Arc<Shared>,
-    shutdown: watch::Receiver<bool>,
+    closing: Arc<Closing>,
 ) {
     let peer = client.peer;
     // The handshake gets the time a request head would: a client that
     // connects and says nothing cannot hold a connection slot for long.
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config.clone());
-    let mut stream = match tokio::time::timeout(listener.request_header_timeout, acceptor.accept(io)).await {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let mut stream = match tokio::time::timeout(limits.header_timeout, acceptor.accept(io)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(error)) => {
             tracing::debug!(%error, client = %peer, "TLS handshake failed");
@@ -104,105 +139,14 @@ async fn serve_tls(
     let (io, session) = stream.get_mut();
     if session.alpn_protocol() == Some(crate::tls::ALPN_H2) {
         io.pass_through();
-        serve_http2(stream, client, listener, shared, shutdown).await;
+        http2::serve(stream, client, limits, shared, closing).await;
     } else {
         // The first head is due a header timeout after the handshake.
-        let due = Instant::now() + listener.request_header_timeout;
+        let due = Instant::now() + limits.header_timeout;
         let Some(timer) = io.take_timer() else { return };
-        h1::serve(
-            stream,
-            bytes::BytesMut::new(),
-            timer,
-            due,
-            listener,
-            client,
-            shared,
-            shutdown,
-        )
-        .await;
-    }
-}
-
-/// HTTP/2 through hyper, each stream a request through the proxy.
-async fn serve_http2<I>(
-    io: I,
-    client: Arc<ClientInfo>,
-    listener: &Listener,
-    shared: Arc<Shared>,
-    shutdown: watch::Receiver<bool>,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let activity = Arc::new(Activity::default());
-    let service = {
-        let activity = activity.clone();
-        hyper::service::service_fn(move |req: Request<Incoming>| {
-            let guard = InFlight::enter(&activity);
-            let client = client.clone();
-            let shared = shared.clone();
-            // Boxed: hyper moves each stream's future several times (into its
-            // stream state, to the executor, into a task, and tokio again
-            // when the task finishes); the proxy's future is ~5 KiB, a
-            // pointer is not. The box is allocated before the future is made
-            // so that it is built in place: `Box::pin(async { .. })` built it
-            // on the stack and copied all 5 KiB, twice.
-            let slot = Box::new_uninit();
-            Box::into_pin(Box::write(slot, async move {
-                let response = proxy::handle(req.map(ClientBody::Hyper), &client, &shared).await;
-                Ok::<_, Infallible>(response.map(|inner| TrackedBody { inner, _guard: guard }))
-            }))
-        })
-    };
-    http2::serve(io, service, listener, &activity, shutdown).await;
-}
-
-/// What the requests on an HTTP/2 connection are doing, as its idle watch
-/// needs to know.
-#[derive(Debug, Default)]
-pub(super) struct Activity {
-    pub(super) in_flight: AtomicUsize,
-    /// Bumped when a response is done: the connection went back to idle.
-    pub(super) finished: AtomicUsize,
-}
-
-/// Counts a request as in flight on its connection until its response body
-/// is dropped (written out or abandoned).
-struct InFlight(Arc<Activity>);
-
-impl InFlight {
-    fn enter(activity: &Arc<Activity>) -> Self {
-        activity.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(activity.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.finished.fetch_add(1, Ordering::Relaxed);
-        self.0.in_flight.fetch_sub(1, Ordering::Release);
-    }
-}
-
-/// A response body that keeps its request counted as in flight.
-pub(super) struct TrackedBody {
-    inner: LoggedBody,
-    _guard: InFlight,
-}
-
-impl Body for TrackedBody {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let http1 = h1::serve(stream, timer, due, Prior::Http1Only, limits, client, shared, closing);
+        // Only a plain connection is handed back for HTTP/2.
+        let _ = http1.await;
     }
 }
 
@@ -238,19 +182,15 @@ impl TimedIo {
         self.timer.take()
     }
 
-    /// The socket, its timer and when the first head is due.
-    pub(super) fn into_parts(self) -> (TcpStream, Deadline, Instant) {
-        let due = self.due.unwrap_or_else(Instant::now);
-        let timer = self.timer.unwrap_or_else(|| Deadline::new(due));
-        (self.stream, timer, due)
-    }
-
     /// Waits until the client has sent something (or closed), within the
-    /// request-header deadline, without reading anything.
+    /// request-header deadline, without reading anything. Asks the socket
+    /// (a peek) rather than trusting readiness: tokio takes an accepted
+    /// socket to be readable before anything has come.
     async fn readable(&mut self) -> io::Result<()> {
         std::future::poll_fn(|cx| {
+            let mut byte = [std::mem::MaybeUninit::uninit()];
             // An error shows itself again on the first read.
-            if self.stream.poll_read_ready(cx).is_ready() {
+            if self.stream.poll_peek(cx, &mut ReadBuf::uninit(&mut byte)).is_ready() {
                 return Poll::Ready(Ok(()));
             }
             match self.poll_due(cx) {
@@ -275,36 +215,29 @@ impl TimedIo {
 /// One timer for a connection's successive deadlines, re-armed lazily: a
 /// deadline later than the one armed waits for the early firing instead of
 /// touching the timer wheel, so a busy keep-alive connection rarely does.
-pub(super) struct Deadline {
-    sleep: Pin<Box<Sleep>>,
-    /// Where `sleep` is set to fire.
-    armed: Instant,
-}
+/// Where it is armed is the sleep's own deadline: nothing kept beside it.
+pub(super) struct Deadline(Pin<Box<Sleep>>);
 
 impl Deadline {
     pub(super) fn new(at: Instant) -> Self {
-        Deadline {
-            sleep: Box::pin(tokio::time::sleep_until(at)),
-            armed: at,
-        }
+        Deadline(Box::pin(tokio::time::sleep_until(at)))
     }
 
     /// Ready once `at` has passed.
     pub(super) fn poll_until(&mut self, cx: &mut Context<'_>, at: Instant) -> Poll<()> {
+        let sleep = &mut self.0;
         loop {
-            if self.armed > at {
-                self.armed = at;
-                self.sleep.as_mut().reset(at);
+            if sleep.deadline() > at {
+                sleep.as_mut().reset(at);
             }
-            if self.sleep.as_mut().poll(cx).is_pending() {
+            if sleep.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
             if Instant::now() >= at {
                 return Poll::Ready(());
             }
             // Fired early for a deadline that has since moved later.
-            self.armed = at;
-            self.sleep.as_mut().reset(at);
+            sleep.as_mut().reset(at);
         }
     }
 }
@@ -348,5 +281,24 @@ impl AsyncWrite for TimedIo {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn output_size<F>(_: impl FnOnce(TcpStream, Arc<ClientInfo>, &Listener, Arc<Shared>, Arc<Closing>) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// What `serve` makes is the whole task of a plain connection, idle
+    /// ones included: growing it grows every idle connection, so it is
+    /// pinned here. tokio adds about 100 bytes and rounds the task up to a
+    /// multiple of 128: up to ~400 bytes, the task takes 512.
+    #[test]
+    fn the_task_of_an_idle_connection_stays_small() {
+        let bytes = output_size(serve);
+        assert!(bytes <= 400, "{bytes} bytes");
     }
 }

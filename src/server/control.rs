@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use arc_swap::ArcSwap;
 use tokio::sync::{Semaphore, mpsc, watch};
 
+use super::closing::Closing;
 use super::listener::{self, Role, WorkerListener};
 use super::per_ip::PerIp;
 use super::{ListenerSlot, Shared, Snapshot, WorkerCommand};
@@ -44,10 +45,18 @@ struct Running {
     slots: Arc<Semaphore>,
     stats: Arc<ListenerStats>,
     per_ip: Arc<PerIp>,
-    stop: watch::Sender<bool>,
+    /// Raised when the listener closes (removed by a reload, shutdown, or
+    /// this dropped): its accept loops stop, its connections finish.
+    closing: Arc<Closing>,
     /// A TLS listener's `redirect_http_from`: part of its identity, bound
     /// and closed with it.
     redirect: Option<Redirect>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.closing.raise();
+    }
 }
 
 /// The plain listener that answers a TLS listener's http:// requests with
@@ -82,7 +91,7 @@ pub struct Control {
 struct Bound {
     running: Running,
     sockets: Vec<std::net::TcpListener>,
-    stop: watch::Receiver<bool>,
+    closing: Arc<Closing>,
 }
 
 impl Control {
@@ -176,7 +185,7 @@ impl Control {
         let removed = self.hand_out(&mut state, plan);
         for r in removed {
             tracing::info!(listener = %r.name, addr = %r.addr, "listener closed by reload");
-            let _ = r.stop.send(true);
+            r.closing.raise();
         }
         Ok(summary)
     }
@@ -197,7 +206,7 @@ impl Control {
     /// Closes every listener: no new connections; open ones finish gracefully.
     pub(super) fn stop_listeners(&self) {
         for l in &self.lock().listeners {
-            let _ = l.stop.send(true);
+            l.closing.raise();
         }
     }
 
@@ -222,7 +231,7 @@ impl Control {
                         slots: r.slots.clone(),
                         stats: stats.clone(),
                         per_ip: r.per_ip.clone(),
-                        stop: b.stop.clone(),
+                        closing: b.closing.clone(),
                     }));
                 }
             }
@@ -234,7 +243,7 @@ impl Control {
                     slots: b.running.slots.clone(),
                     stats: b.running.stats.clone(),
                     per_ip: b.running.per_ip.clone(),
-                    stop: b.stop.clone(),
+                    closing: b.closing.clone(),
                 }));
             }
             all.push(b.running);
@@ -311,7 +320,7 @@ fn plan_listeners(config: &Config, state: &mut State, workers: usize) -> Result<
             }
             None => None,
         };
-        let (stop, stop_rx) = watch::channel(false);
+        let closing = Arc::new(Closing::default());
         let slot = ListenerSlot(state.next_slot);
         state.next_slot += 1;
         plan.slots.push(slot);
@@ -325,11 +334,11 @@ fn plan_listeners(config: &Config, state: &mut State, workers: usize) -> Result<
                 slots: Arc::new(Semaphore::new(max_connections)),
                 stats: Arc::new(ListenerStats::default()),
                 per_ip: Arc::new(PerIp::new(l.max_connections_per_ip)),
-                stop,
+                closing: closing.clone(),
                 redirect,
             },
             sockets,
-            stop: stop_rx,
+            closing,
         });
     }
     for (i, max_connections) in resizes {

@@ -8,13 +8,15 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 
+use super::closing::Closing;
 use super::per_ip::{PerIp, PerIpGuard};
 use super::proxy_protocol::{self, Header};
 use super::{ConnTracker, ListenerSlot, Shared};
 use crate::observe::metrics::ListenerStats;
 use crate::proxy::ClientInfo;
+use std::future::Future;
 
 /// What connections accepted on a socket get.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,9 +39,9 @@ pub(crate) struct WorkerListener {
     pub stats: Arc<ListenerStats>,
     /// `max_connections_per_ip`.
     pub per_ip: Arc<PerIp>,
-    /// Turns true (or is dropped) when the listener closes: at shutdown, or
-    /// when a reload removes it. Its connections close gracefully then.
-    pub stop: watch::Receiver<bool>,
+    /// Raised when the listener closes: at shutdown, or when a reload
+    /// removes it. Its connections close gracefully then.
+    pub closing: Arc<Closing>,
 }
 
 /// What an accepted connection holds until it (and any tunnel it became)
@@ -57,17 +59,15 @@ impl Drop for Held {
     }
 }
 
-/// The client's address: the peer's, or on a `proxy_protocol` listener the
-/// one its PROXY header carries. `None`: no valid header in time (closed).
-async fn stream_peer(
+/// The client's address on a `proxy_protocol` listener: the one its PROXY
+/// header carries (the peer's for a LOCAL header). `None`: no valid header
+/// in time (closed).
+async fn proxied_peer(
     stream: &mut tokio::net::TcpStream,
     peer: SocketAddr,
     listener: &crate::config::Listener,
     stats: &ListenerStats,
 ) -> Option<SocketAddr> {
-    if !listener.proxy_protocol {
-        return Some(peer);
-    }
     match proxy_protocol::read(stream, listener.request_header_timeout).await {
         Ok(Header::Proxied(client)) => Some(client),
         Ok(Header::Local) => Some(peer),
@@ -81,10 +81,9 @@ async fn stream_peer(
 
 /// `max_connections_per_ip` for the client's address: over its limit, the
 /// connection is closed before anything is read from it.
-fn admit(client: Option<SocketAddr>, per_ip: &Arc<PerIp>, stats: &ListenerStats) -> Option<(SocketAddr, PerIpGuard)> {
-    let client = client?;
+fn admit(client: SocketAddr, per_ip: &Arc<PerIp>, stats: &ListenerStats) -> Option<PerIpGuard> {
     match per_ip.try_enter(client.ip()) {
-        Some(guard) => Some((client, guard)),
+        Some(guard) => Some(guard),
         None => {
             stats.refused_per_ip.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(%client, "max_connections_per_ip reached: connection refused");
@@ -122,7 +121,7 @@ pub(super) async fn accept_loop(l: WorkerListener, shared: Arc<Shared>, tracker:
         slots,
         stats,
         per_ip,
-        mut stop,
+        closing,
     } = l;
     let listener = match tokio::net::TcpListener::from_std(socket) {
         Ok(l) => l,
@@ -131,11 +130,11 @@ pub(super) async fn accept_loop(l: WorkerListener, shared: Arc<Shared>, tracker:
             return;
         }
     };
-    if *stop.borrow_and_update() {
+    if closing.is_raised() {
         return;
     }
     loop {
-        let (mut stream, peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(error) => {
@@ -145,7 +144,7 @@ pub(super) async fn accept_loop(l: WorkerListener, shared: Arc<Shared>, tracker:
                     continue;
                 }
             },
-            _ = stop.changed() => return,
+            () = closing.raised() => return,
         };
         // At the limit, this worker stops accepting until a slot frees: the
         // connection in hand waits, and the others wait in the backlog. Taking
@@ -156,51 +155,102 @@ pub(super) async fn accept_loop(l: WorkerListener, shared: Arc<Shared>, tracker:
                 Ok(p) => p,
                 Err(_) => return,
             },
-            _ = stop.changed() => return,
+            () = closing.raised() => return,
         };
-        let shared = shared.clone();
-        let stop = stop.clone();
         let guard = tracker.enter();
-        let stats = stats.clone();
         stats.total.fetch_add(1, Ordering::Relaxed);
         stats.active.fetch_add(1, Ordering::Relaxed);
-        let per_ip = per_ip.clone();
+        let held = Held {
+            _permit: permit,
+            _per_ip: None,
+            _conn: guard,
+            stats: stats.clone(),
+        };
+        let mut accepted = Accepted {
+            stream,
+            peer,
+            slot,
+            held,
+        };
+        let snapshot = shared.snapshot.load_full();
+        let Some(id) = snapshot.listener_id(slot) else { continue };
+        let listener = &snapshot.config.listeners[id.0];
+        if role == Role::Proxy && !listener.proxy_protocol {
+            // Spawned as it is: the task of an idle connection is no larger
+            // than what `conn::serve` makes.
+            if let Some(connection) = serve(accepted, listener, &per_ip, &shared, &closing) {
+                tokio::spawn(connection);
+            }
+            continue;
+        }
+        let (shared, per_ip, closing) = (shared.clone(), per_ip.clone(), closing.clone());
         tokio::spawn(async move {
-            let snapshot = shared.snapshot.load_full();
-            let Some(id) = snapshot.listener_id(slot) else {
-                stats.active.fetch_sub(1, Ordering::Relaxed);
-                return;
-            };
             let listener = &snapshot.config.listeners[id.0];
-            let mut held = Held {
-                _permit: permit,
-                _per_ip: None,
-                _conn: guard,
-                stats,
-            };
-            let Some(peer) = admit(
-                stream_peer(&mut stream, peer, listener, &held.stats).await,
-                &per_ip,
-                &held.stats,
-            ) else {
-                return;
-            };
-            held._per_ip = Some(peer.1);
+            if listener.proxy_protocol {
+                let (stream, stats) = (&mut accepted.stream, &accepted.held.stats);
+                let Some(peer) = proxied_peer(stream, accepted.peer, listener, stats).await else {
+                    return;
+                };
+                accepted.peer = peer;
+            }
             match role {
+                // A task of its own, the one a connection without the header
+                // gets; this one, sized for the header read, ends here.
                 Role::Proxy => {
-                    let mut client = ClientInfo::new(slot, peer.0, Box::new(held));
-                    client.tls = listener.tls.is_some();
-                    super::conn::serve(stream, client, listener, shared.clone(), stop).await;
+                    if let Some(connection) = serve(accepted, listener, &per_ip, &shared, &closing) {
+                        tokio::spawn(connection);
+                    }
                 }
                 Role::Redirect { https_port } => {
-                    // Boxed: its HTTP connection would otherwise make every
-                    // connection task of the worker as large as itself.
-                    Box::pin(super::redirect::serve(stream, https_port, listener, stop)).await;
+                    let Accepted {
+                        stream, peer, mut held, ..
+                    } = accepted;
+                    let Some(guard) = admit(peer, &per_ip, &held.stats) else {
+                        return;
+                    };
+                    held._per_ip = Some(guard);
+                    super::redirect::serve(stream, https_port, listener, &closing).await;
                     drop(held);
                 }
             }
         });
     }
+}
+
+/// An accepted connection, counted, before it has been admitted.
+struct Accepted {
+    stream: tokio::net::TcpStream,
+    /// The client's address.
+    peer: SocketAddr,
+    slot: ListenerSlot,
+    held: Held,
+}
+
+/// The connection served through the proxy, once `max_connections_per_ip`
+/// admits it (`None`: refused, closed).
+fn serve(
+    accepted: Accepted,
+    listener: &crate::config::Listener,
+    per_ip: &Arc<PerIp>,
+    shared: &Arc<Shared>,
+    closing: &Arc<Closing>,
+) -> Option<impl Future<Output = ()> + Send + 'static + use<>> {
+    let Accepted {
+        stream,
+        peer,
+        slot,
+        mut held,
+    } = accepted;
+    held._per_ip = Some(admit(peer, per_ip, &held.stats)?);
+    let mut client = ClientInfo::new(slot, peer, Box::new(held));
+    client.tls = listener.tls.is_some();
+    Some(super::conn::serve(
+        stream,
+        Arc::new(client),
+        listener,
+        shared.clone(),
+        closing.clone(),
+    ))
 }
 
 #[cfg(test)]

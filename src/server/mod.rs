@@ -2,6 +2,7 @@
 //! thread, holds the current snapshot, and shuts down gracefully. Listeners
 //! and reloads are managed by `control`.
 
+mod closing;
 mod conn;
 pub mod control;
 pub(crate) mod h1;

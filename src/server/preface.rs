@@ -1,21 +1,18 @@
 //! Telling HTTP/2 with prior knowledge (h2c) from HTTP/1 on a plain
 //! listener: the first bytes a client sends either are the HTTP/2 connection
-//! preface or are not. What was read to find out is replayed to the protocol
-//! that gets the connection, so nothing is lost and nothing is read twice.
+//! preface or are not. The HTTP/1 codec reads them as the start of a head
+//! and asks [`classify`]; when they are the preface, what it read is replayed
+//! to HTTP/2 ([`Rewind`]), so nothing is lost and nothing is read twice.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// RFC 9113 §3.4: what every HTTP/2 client sends first.
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// Room for the first read. One read usually brings a whole HTTP/1 request
-/// head, which then needs no second system call to parse.
-const FIRST_READ_BYTES: usize = 2048;
 
 /// The protocol a plain connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,25 +21,18 @@ pub(super) enum Protocol {
     Http2,
 }
 
-/// Reads until the bytes match the HTTP/2 preface or cannot; returns the
-/// protocol, the bytes read (for the protocol to read first) and the
-/// connection. A client that closes first is HTTP/1 (which then sees the
-/// end as it would have).
-pub(super) async fn sniff<I: AsyncRead + Unpin>(mut io: I) -> io::Result<(Protocol, BytesMut, I)> {
-    let mut buf = BytesMut::with_capacity(FIRST_READ_BYTES);
-    let protocol = loop {
-        if io.read_buf(&mut buf).await? == 0 {
-            break Protocol::Http1;
-        }
-        let seen = buf.len().min(PREFACE.len());
-        if buf[..seen] != PREFACE[..seen] {
-            break Protocol::Http1;
-        }
-        if seen == PREFACE.len() {
-            break Protocol::Http2;
-        }
-    };
-    Ok((protocol, buf, io))
+/// What a connection's first bytes say: HTTP/2 once they hold the whole
+/// preface, HTTP/1 as soon as they differ from it, `None` while they are a
+/// strict beginning of it (nothing received included).
+pub(super) fn classify(first: &[u8]) -> Option<Protocol> {
+    let seen = first.len().min(PREFACE.len());
+    if first[..seen] != PREFACE[..seen] {
+        Some(Protocol::Http1)
+    } else if seen == PREFACE.len() {
+        Some(Protocol::Http2)
+    } else {
+        None
+    }
 }
 
 /// A connection whose first bytes, already read, are read again first.
@@ -103,41 +93,35 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncWriteExt as _;
+    use tokio::io::AsyncReadExt as _;
 
-    async fn sniffed(chunks: &[&[u8]]) -> (Protocol, Vec<u8>) {
+    #[test]
+    fn preface_is_http2_only_once_whole() {
+        let whole = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0";
+        for n in 0..PREFACE.len() {
+            assert_eq!(classify(&whole[..n]), None, "{n} bytes");
+        }
+        assert_eq!(classify(&whole[..24]), Some(Protocol::Http2));
+        assert_eq!(classify(whole), Some(Protocol::Http2));
+    }
+
+    #[test]
+    fn anything_else_is_http1_at_the_first_difference() {
+        assert_eq!(classify(b"G"), Some(Protocol::Http1));
+        assert_eq!(classify(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"), Some(Protocol::Http1));
+        assert_eq!(classify(b"PRI * HTTP/1.1\r\n\r\n"), Some(Protocol::Http1));
+    }
+
+    #[tokio::test]
+    async fn rewind_replays_the_prefix_then_reads_on() {
         let (mut client, server) = tokio::io::duplex(64);
-        let chunks: Vec<Vec<u8>> = chunks.iter().map(|c| c.to_vec()).collect();
-        let writer = tokio::spawn(async move {
-            for chunk in chunks {
-                client.write_all(&chunk).await.unwrap();
-                client.flush().await.unwrap();
-                tokio::task::yield_now().await;
-            }
-        });
-        let (protocol, first, io) = sniff(server).await.unwrap();
-        writer.await.unwrap();
-        let mut io = Rewind::new(first.freeze(), io);
+        tokio::io::AsyncWriteExt::write_all(&mut client, b" rest")
+            .await
+            .unwrap();
+        drop(client);
+        let mut io = Rewind::new(Bytes::from_static(b"first"), server);
         let mut replayed = Vec::new();
         io.read_to_end(&mut replayed).await.unwrap();
-        (protocol, replayed)
-    }
-
-    #[tokio::test]
-    async fn preface_is_http2_even_when_it_arrives_in_pieces() {
-        let (protocol, replayed) = sniffed(&[b"PRI * HT", b"TP/2.0\r\n\r\nSM", b"\r\n\r\n\0\0"]).await;
-        assert_eq!(protocol, Protocol::Http2);
-        assert_eq!(replayed, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0");
-    }
-
-    #[tokio::test]
-    async fn anything_else_is_http1_and_replayed_whole() {
-        let (protocol, replayed) = sniffed(&[b"GET / HTTP/1.1\r\n", b"Host: x\r\n\r\n"]).await;
-        assert_eq!(protocol, Protocol::Http1);
-        assert_eq!(replayed, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
-        let (protocol, replayed) = sniffed(&[b"PRI * HTTP/1.1\r\n\r\n"]).await;
-        assert_eq!(protocol, Protocol::Http1);
-        assert_eq!(replayed, b"PRI * HTTP/1.1\r\n\r\n");
-        assert_eq!(sniffed(&[]).await, (Protocol::Http1, Vec::new()));
+        assert_eq!(replayed, b"first rest");
     }
 }

@@ -10,8 +10,8 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 
+use super::closing::Closing;
 use super::conn::TimedIo;
 use crate::body::ResponseBody;
 use crate::config::Listener;
@@ -19,12 +19,7 @@ use crate::config::Listener;
 /// Serves one connection on a redirect listener: one answer, then close
 /// (the client's next request goes to the https listener anyway).
 /// `listener` is the TLS listener it redirects to, listening on `https_port`.
-pub(super) async fn serve(
-    stream: TcpStream,
-    https_port: u16,
-    listener: &Listener,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub(super) async fn serve(stream: TcpStream, https_port: u16, listener: &Listener, closing: &Closing) {
     // TCP_NODELAY comes from the listening socket (inherited at accept).
     // The same slow-loris guard as the TLS listener's.
     let io = TimedIo::new(stream, listener.request_header_timeout);
@@ -42,7 +37,7 @@ pub(super) async fn serve(
                 tracing::debug!(%error, "redirect connection ended with an error");
             }
         }
-        _ = shutdown.changed() => {
+        () = closing.raised() => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }

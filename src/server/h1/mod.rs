@@ -6,9 +6,14 @@
 //! Continue`, upgrades handed to a tunnel, the header and keep-alive
 //! timeouts and graceful shutdown all live here.
 //!
-//! Memory: between requests a connection holds its socket, its timer and
-//! this task; the read buffer exists only while bytes are waiting to be
-//! parsed, and nothing is kept for writing (see `write`).
+//! On a plain listener the first bytes may instead be the HTTP/2 preface
+//! (prior knowledge): the connection is then handed back for HTTP/2.
+//!
+//! Memory: between requests (and before the first) a connection holds its
+//! socket, its timer and this task; the read buffer exists only while bytes
+//! are waiting to be parsed, and nothing is kept for writing (see `write`).
+//! What a request needs is boxed for the request's time, so it is not part
+//! of the task an idle connection keeps.
 
 mod body;
 mod decode;
@@ -29,13 +34,12 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::Shared;
-use super::conn::Deadline;
-use super::preface::Rewind;
-use crate::config::Listener;
+use super::closing::Closing;
+use super::conn::{Deadline, Limits};
+use super::preface::{self, Protocol, Rewind};
 use crate::proxy::ClientInfo;
 use crate::proxy::tunnel::TunnelIo;
 use exchange::After;
@@ -49,48 +53,57 @@ const FIRST_READ_BYTES: usize = 4096;
 /// not lost to a reset for unread input (nginx's lingering close).
 const LINGER_BYTES: usize = 1024 * 1024;
 
-/// The listener's limits, as the connection applies them.
-#[derive(Debug, Clone, Copy)]
-struct Limits {
-    header_timeout: Duration,
-    keepalive_timeout: Duration,
-    max_header_bytes: usize,
+/// Whether the first bytes may be the HTTP/2 preface instead of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Prior {
+    /// A plain listener: HTTP/2 with prior knowledge is welcome.
+    MaybeHttp2,
+    /// TLS, where ALPN chose HTTP/1.1.
+    Http1Only,
+}
+
+/// A plain connection that opened with the HTTP/2 preface, handed back with
+/// what HTTP/2 needs to take it over; `io` replays the bytes read so far.
+pub(super) struct Http2Prior<I> {
+    pub io: Rewind<I>,
+    pub client: Arc<ClientInfo>,
+    pub limits: Limits,
+    pub shared: Arc<Shared>,
+    pub closing: Arc<Closing>,
 }
 
 /// Serves HTTP/1 on `io` until the client closes, a timeout passes, an
-/// upgrade hands the connection to a tunnel, or shutdown drains it. `first`
-/// holds bytes already read; the first head is due by `head_deadline`.
+/// upgrade hands the connection to a tunnel, or shutdown drains it; or,
+/// with `Prior::MaybeHttp2`, returns it when it opens with the HTTP/2
+/// preface. The first head is due by `head_deadline`.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn serve<I>(
     io: I,
-    first: BytesMut,
     timer: Deadline,
     head_deadline: Instant,
-    listener: &Listener,
+    prior: Prior,
+    limits: Limits,
     client: Arc<ClientInfo>,
     shared: Arc<Shared>,
-    shutdown: watch::Receiver<bool>,
-) -> impl Future<Output = ()> + Send + 'static
+    closing: Arc<Closing>,
+) -> impl Future<Output = Option<Http2Prior<I>>> + Send + 'static
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    // Built here rather than inside the future: an async fn keeps its
-    // arguments for its whole life, and this future is most of the task an
-    // idle connection holds.
     let conn = Conn {
         io,
-        read: first,
+        read: BytesMut::new(),
         eof: false,
         out: Outbox::default(),
         timer,
-        limits: Limits {
-            header_timeout: listener.request_header_timeout,
-            keepalive_timeout: listener.keepalive_timeout,
-            max_header_bytes: listener.max_header_bytes,
-        },
-        shutdown,
+        limits,
+        closing,
     };
-    conn.run(Wait::Head(head_deadline), client, shared)
+    let wait = match prior {
+        Prior::MaybeHttp2 => Wait::Preface(head_deadline),
+        Prior::Http1Only => Wait::Head(head_deadline),
+    };
+    conn.run(wait, client, shared)
 }
 
 /// One client connection's state between and during requests.
@@ -103,12 +116,15 @@ struct Conn<I> {
     out: Outbox,
     timer: Deadline,
     limits: Limits,
-    shutdown: watch::Receiver<bool>,
+    closing: Arc<Closing>,
 }
 
 /// What the wait for the next head is bound by.
 #[derive(Debug, Clone, Copy)]
 enum Wait {
+    /// A new plain connection: the first bytes, due by then, are a head or
+    /// the HTTP/2 preface.
+    Preface(Instant),
     /// Between requests: up to `keepalive_timeout` from when the wait
     /// began (set on the first wait that finds nothing to read).
     Idle(Option<Instant>),
@@ -121,53 +137,91 @@ enum Wait {
 #[allow(clippy::large_enum_variant)]
 enum Next {
     Head(Head),
+    Http2,
     Closed,
     Refused(HeadError),
 }
 
 impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<I> {
-    async fn run(mut self, mut wait: Wait, client: Arc<ClientInfo>, shared: Arc<Shared>) {
-        // Resolves once shutdown starts. Kept in the task for the
-        // connection's life, so that waiting idle costs no registration per
-        // request and no allocation of its own.
-        let mut shutdown = self.shutdown.clone();
-        let mut stop = std::pin::pin!(async move {
-            // A dropped sender means the balancer is going away too.
-            let _ = shutdown.wait_for(|&stopping| stopping).await;
-        });
-        let mut refused = None;
-        let linger = loop {
-            let head = match std::future::poll_fn(|cx| self.poll_head(cx, &mut wait, stop.as_mut())).await {
-                Next::Head(head) => head,
-                Next::Closed => break false,
-                Next::Refused(error) => {
-                    refused = Some(error);
-                    break true;
+    /// The connection's life. Not an `async fn`: that would keep its
+    /// arguments twice (as arguments and as the locals they are moved
+    /// into), and this future is most of the task an idle connection holds.
+    #[allow(clippy::manual_async_fn)]
+    fn run(
+        mut self,
+        mut wait: Wait,
+        client: Arc<ClientInfo>,
+        shared: Arc<Shared>,
+    ) -> impl Future<Output = Option<Http2Prior<I>>> + Send + 'static {
+        async move {
+            let mut refused = None;
+            let linger = {
+                // Resolves once the listener closes. Kept in the task while
+                // it serves requests, so that waiting idle costs no
+                // registration per request and no allocation of its own.
+                let closing = self.closing.clone();
+                let mut stop = std::pin::pin!(closing.raised());
+                loop {
+                    let head = match std::future::poll_fn(|cx| self.poll_head(cx, &mut wait, stop.as_mut())).await {
+                        Next::Head(head) => head,
+                        Next::Http2 => {
+                            let Conn {
+                                io,
+                                read,
+                                limits,
+                                closing,
+                                ..
+                            } = self;
+                            return Some(Http2Prior {
+                                io: Rewind::new(read.freeze(), io),
+                                client,
+                                limits,
+                                shared,
+                                closing,
+                            });
+                        }
+                        Next::Closed => break false,
+                        Next::Refused(error) => {
+                            refused = Some(error);
+                            break true;
+                        }
+                    };
+                    // Boxed: what a request needs (the proxy's future too) is not
+                    // part of the task an idle connection keeps.
+                    match Box::pin(self.exchange(head, &client, &shared)).await {
+                        After::KeepAlive => {
+                            if self.read.is_empty() {
+                                // Idle with nothing pipelined: hold no buffer while waiting.
+                                self.read = BytesMut::new();
+                            }
+                            self.out.release();
+                            wait = Wait::Idle(None);
+                        }
+                        After::Close { linger } => break linger,
+                        After::Abort => return None,
+                        After::Upgrade(switch) => {
+                            let Conn { io, read, .. } = self;
+                            let io: Box<dyn TunnelIo> = Box::new(Rewind::new(read.freeze(), io));
+                            // The tunnel may have given up meanwhile; the connection then just closes.
+                            let _ = switch.send(io);
+                            return None;
+                        }
+                    }
                 }
             };
-            // Boxed: what a request needs (the proxy's future too) is not
-            // part of the task an idle connection keeps.
-            match Box::pin(self.exchange(head, &client, &shared)).await {
-                After::KeepAlive => {
-                    if self.read.is_empty() {
-                        // Idle with nothing pipelined: hold no buffer while waiting.
-                        self.read = BytesMut::new();
-                    }
-                    wait = Wait::Idle(None);
-                }
-                After::Close { linger } => break linger,
-                After::Abort => return,
-                After::Upgrade(switch) => {
-                    let Conn { io, read, .. } = self;
-                    let io: Box<dyn TunnelIo> = Box::new(Rewind::new(read.freeze(), io));
-                    // The tunnel may have given up meanwhile; the connection then just closes.
-                    let _ = switch.send(io);
-                    return;
-                }
+            if let Some(error) = &refused {
+                tracing::debug!(%error, client = %client.peer, "request head refused");
             }
-        };
+            // Boxed: it happens once, at the end, and would otherwise need
+            // room of its own beside what the idle wait keeps.
+            Box::pin(self.finish(refused, linger)).await;
+            None
+        }
+    }
+
+    /// Answers a refused head, if any, then closes.
+    async fn finish(&mut self, refused: Option<HeadError>, linger: bool) {
         if let Some(error) = refused {
-            tracing::debug!(%error, client = %client.peer, "request head refused");
             self.refuse(error.status(), &error).await;
         }
         self.close(linger).await;
@@ -181,7 +235,16 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<I> {
     ) -> Poll<Next> {
         let mut stop = stop;
         loop {
-            if !self.read.is_empty() {
+            if !self.read.is_empty()
+                && let Wait::Preface(at) = *wait
+            {
+                match preface::classify(&self.read) {
+                    Some(Protocol::Http2) => return Poll::Ready(Next::Http2),
+                    Some(Protocol::Http1) => *wait = Wait::Head(at),
+                    None => {}
+                }
+            }
+            if !self.read.is_empty() && !matches!(wait, Wait::Preface(_)) {
                 match parse::parse(&mut self.read, self.limits.max_header_bytes) {
                     Ok(Some(head)) => return Poll::Ready(Next::Head(head)),
                     Ok(None) => {}
@@ -203,14 +266,15 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<I> {
                 Poll::Ready(Err(_)) => return Poll::Ready(Next::Closed),
                 Poll::Pending => {
                     let due = match wait {
-                        Wait::Head(at) | Wait::Idle(Some(at)) => *at,
+                        Wait::Preface(at) | Wait::Head(at) | Wait::Idle(Some(at)) => *at,
                         Wait::Idle(None) => {
                             let at = Instant::now() + self.limits.keepalive_timeout;
                             *wait = Wait::Idle(Some(at));
                             at
                         }
                     };
-                    if let Wait::Idle(_) = wait
+                    // Nothing received yet: shutdown closes the connection.
+                    if let Wait::Idle(_) | Wait::Preface(_) = wait
                         && self.read.is_empty()
                         && stop.as_mut().poll(cx).is_ready()
                     {
@@ -226,7 +290,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<I> {
     }
 
     fn stopping(&self) -> bool {
-        *self.shutdown.borrow()
+        self.closing.is_raised()
     }
 
     /// Answers a request the codec refuses with `status`, in plain text

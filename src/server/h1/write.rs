@@ -30,19 +30,31 @@ pub(super) fn with_scratch<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
     })
 }
 
-/// Bytes on their way to the client that a write did not take yet, in
-/// order: `head[at..]`, `body`, `tail`.
+/// Bytes on their way to the client that a write did not take yet. Most
+/// writes take everything, so the room for a rest is made only by the
+/// first write that does not, and given back when the connection goes idle
+/// ([`Outbox::release`]): an idle connection keeps one pointer for it.
 #[derive(Debug, Default)]
-pub(super) struct Outbox {
+pub(super) struct Outbox(Option<Box<Rest>>);
+
+/// What waits, in order: `head[at..]`, `body`, `tail`.
+#[derive(Debug, Default)]
+struct Rest {
     head: Vec<u8>,
     at: usize,
     body: Bytes,
     tail: &'static [u8],
 }
 
+impl Rest {
+    fn is_empty(&self) -> bool {
+        self.at == self.head.len() && self.body.is_empty() && self.tail.is_empty()
+    }
+}
+
 impl Outbox {
     pub(super) fn is_empty(&self) -> bool {
-        self.at == self.head.len() && self.body.is_empty() && self.tail.is_empty()
+        self.0.as_deref().is_none_or(Rest::is_empty)
     }
 
     /// Writes `head`, `body` and `tail` in one go as far as the socket takes
@@ -63,50 +75,63 @@ impl Outbox {
             Poll::Ready(Err(e)) => return Err(e),
             Poll::Pending => 0,
         };
+        if n == head.len() + body.len() + tail.len() {
+            return Ok(());
+        }
+        let rest = self.0.get_or_insert_default();
         let from_head = n.min(head.len());
         n -= from_head;
         if from_head < head.len() {
-            self.head.clear();
-            self.head.extend_from_slice(&head[from_head..]);
-            self.at = 0;
+            rest.head.clear();
+            rest.head.extend_from_slice(&head[from_head..]);
+            rest.at = 0;
         }
         let from_body = n.min(body.len());
         n -= from_body;
         body.advance(from_body);
-        self.body = body;
-        self.tail = &tail[n.min(tail.len())..];
+        rest.body = body;
+        rest.tail = &tail[n.min(tail.len())..];
         Ok(())
     }
 
-    /// Writes out whatever waits; then holds no memory.
+    /// Writes out whatever waits; then holds no buffer.
     pub(super) fn poll_drain<I: AsyncWrite + Unpin>(
         &mut self,
         io: &mut I,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<()>> {
-        while !self.is_empty() {
+        let Some(rest) = self.0.as_deref_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        while !rest.is_empty() {
             let slices = [
-                IoSlice::new(&self.head[self.at..]),
-                IoSlice::new(&self.body),
-                IoSlice::new(self.tail),
+                IoSlice::new(&rest.head[rest.at..]),
+                IoSlice::new(&rest.body),
+                IoSlice::new(rest.tail),
             ];
             let mut n = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            let from_head = n.min(self.head.len() - self.at);
-            self.at += from_head;
+            let from_head = n.min(rest.head.len() - rest.at);
+            rest.at += from_head;
             n -= from_head;
-            let from_body = n.min(self.body.len());
-            self.body.advance(from_body);
+            let from_body = n.min(rest.body.len());
+            rest.body.advance(from_body);
             n -= from_body;
-            self.tail = &self.tail[n.min(self.tail.len())..];
+            rest.tail = &rest.tail[n.min(rest.tail.len())..];
         }
-        if self.head.capacity() > 0 {
-            self.head = Vec::new();
-            self.at = 0;
+        if rest.head.capacity() > 0 {
+            rest.head = Vec::new();
+            rest.at = 0;
         }
         Poll::Ready(Ok(()))
+    }
+
+    /// Gives back the room for a rest, for a connection going idle.
+    pub(super) fn release(&mut self) {
+        debug_assert!(self.is_empty());
+        self.0 = None;
     }
 }
 
@@ -114,6 +139,19 @@ impl Outbox {
 mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn a_whole_write_makes_no_room_for_a_rest() {
+        let (_client, mut server) = tokio::io::duplex(1024);
+        let mut outbox = Outbox::default();
+        std::future::poll_fn(|cx| {
+            Poll::Ready(outbox.send(&mut server, cx, b"head:", Bytes::from_static(b"body"), b":tail"))
+        })
+        .await
+        .unwrap();
+        assert!(outbox.is_empty());
+        assert!(outbox.0.is_none(), "nothing allocated");
+    }
 
     #[tokio::test]
     async fn a_short_write_keeps_the_rest_in_order() {
@@ -135,7 +173,13 @@ mod tests {
             .await
             .unwrap();
         assert!(outbox.is_empty());
-        assert_eq!(outbox.head.capacity(), 0, "nothing held once drained");
+        assert_eq!(
+            outbox.0.as_ref().unwrap().head.capacity(),
+            0,
+            "no buffer held once drained"
+        );
+        outbox.release();
+        assert!(outbox.0.is_none());
         assert_eq!(reader.await.unwrap(), b"head:body:tail");
     }
 }
