@@ -187,8 +187,11 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<I> {
                         }
                     };
                     // Boxed: what a request needs (the proxy's future too) is not
-                    // part of the task an idle connection keeps.
-                    match Box::pin(self.exchange(head, &client, &shared)).await {
+                    // part of the task an idle connection keeps. The box comes
+                    // first and the future is written into it: `Box::pin` of
+                    // the call built its ~6 KiB on the stack and copied them.
+                    let exchange = Box::write(Box::new_uninit(), self.exchange(head, &client, &shared));
+                    match Box::into_pin(exchange).await {
                         After::KeepAlive => {
                             if self.read.is_empty() {
                                 // Idle with nothing pipelined: hold no buffer while waiting.
