@@ -244,10 +244,12 @@ async fn request_smuggling_attempts_get_400_and_close() {
     );
 
     // Broken chunk framing is found while the body streams.
-    let refused_in_the_body: [&[u8]; 3] = [
+    let refused_in_the_body: [&[u8]; 5] = [
         b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
         b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffff\r\n",
         b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcGET /smuggled HTTP/1.1\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\nabc\r\n0\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3;x\n0\r\n\r\n",
     ];
     for raw in refused_in_the_body {
         let answer = raw_exchange(web, raw).await;
