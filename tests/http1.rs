@@ -10,23 +10,13 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::{Fulcrum, backends, raw_exchange};
+use support::{Config, Fulcrum, backends, raw_exchange};
 
 fn config(upstream: std::net::SocketAddr) -> String {
-    format!(
-        r#"
-[global]
-workers = 1
-shutdown_grace = "10s"
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
-[[routes]]
-upstream = "app"
-[upstreams.app]
-servers = [ {{ address = "{upstream}" }} ]
-"#
-    )
+    Config::app(&[upstream])
+        .global("workers = 1")
+        .global(r#"shutdown_grace = "10s""#)
+        .toml()
 }
 
 /// A response read off a raw connection: its head (lower-cased) and body.

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use support::{Conn, Fulcrum, request, wait_until};
+use support::{Config, Conn, Fulcrum, request, wait_until};
 
 /// What the scripted upstream has seen.
 #[derive(Default)]
@@ -136,19 +136,7 @@ async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
 }
 
 fn start(upstream: SocketAddr) -> Fulcrum {
-    Fulcrum::start(&format!(
-        r#"
-[global]
-workers = 1
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
-[[routes]]
-upstream = "app"
-[upstreams.app]
-servers = [ {{ address = "{upstream}" }} ]
-"#
-    ))
+    Fulcrum::start(&Config::app(&[upstream]).global("workers = 1").toml())
 }
 
 async fn exchange(addr: SocketAddr, method: &str, path: &str, body: &str) -> support::Resp {
