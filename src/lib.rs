@@ -8,6 +8,7 @@ pub mod balance;
 pub mod body;
 pub mod compress;
 pub mod config;
+pub mod http1;
 pub mod limit;
 pub mod observe;
 pub mod proxy;

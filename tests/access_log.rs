@@ -16,13 +16,15 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
-use support::{Conn, Fulcrum, backends, get, get_with, request, wait_until};
+use support::{Config, Conn, Fulcrum, backends, get, get_with, request, wait_until};
 
 /// How long a line may take to reach the log.
 const LINE_DEADLINE: Duration = Duration::from_secs(20);
 /// How long the slow backend holds the second half of its body back.
 const HOLD: Duration = Duration::from_millis(300);
 
+/// One worker, the admin listener, `web` taking bodies up to 1k, with
+/// `global` lines, `routes` and `upstreams`.
 fn config(global: &str, routes: &str, upstreams: &str) -> String {
     format!(
         r#"
@@ -40,17 +42,14 @@ max_body_size = "1k"
     )
 }
 
-/// A route `app` on `/` to upstream `app` with `servers`, plus `extra_routes`.
-fn app_config(global: &str, servers: &[SocketAddr], extra_routes: &str, upstream_extra: &str) -> String {
-    let servers: Vec<String> = servers.iter().map(|a| format!("{{ address = \"{a}\" }}")).collect();
-    config(
-        global,
-        &format!("{extra_routes}\n[[routes]]\nname = \"app\"\nupstream = \"app\"\n"),
-        &format!(
-            "[upstreams.app]\n{upstream_extra}\nservers = [ {} ]\n",
-            servers.join(", ")
-        ),
-    )
+/// The same with a route `app` to upstream `app` with `servers`.
+fn app_config(global: &str, servers: &[SocketAddr]) -> Config {
+    Config::app(servers)
+        .global("workers = 1")
+        .global(r#"admin_listen = "127.0.0.1:0""#)
+        .global(global)
+        .listener(r#"max_body_size = "1k""#)
+        .route(r#"name = "app""#)
 }
 
 /// The complete lines of `path` (a half-written last line is left out).
@@ -101,7 +100,7 @@ async fn metric(admin: SocketAddr, series: &str) -> f64 {
 #[tokio::test]
 async fn a_proxied_request_is_logged_as_json_with_what_the_client_saw() {
     let b = backends(&["alpha"]).await;
-    let lb = Fulcrum::start(&app_config("access_log = \"access.log\"", &[b[0].addr], "", ""));
+    let lb = Fulcrum::start(&app_config("access_log = \"access.log\"", &[b[0].addr]).toml());
     let resp = get_with(
         lb.addr("web"),
         "/bytes/1000",
@@ -159,10 +158,12 @@ rate = "1/h"
 burst = 1
 "#
     );
-    let mut text = app_config("access_log = \"access.log\"", &[b[0].addr], "", "");
     // The `app` route only serves /app/, so other paths have no route.
-    text = text.replace("name = \"app\"\n", "name = \"app\"\npath_prefix = \"/app/\"\n");
-    let lb = Fulcrum::start(&format!("{text}\n{extra}"));
+    let text = app_config("access_log = \"access.log\"", &[b[0].addr])
+        .route(r#"path_prefix = "/app/""#)
+        .sections(&extra)
+        .toml();
+    let lb = Fulcrum::start(&text);
     let web = lb.addr("web");
 
     let not_found = get(web, "/nowhere").await;
@@ -219,12 +220,11 @@ async fn a_retried_request_logs_its_retries_and_the_server_that_answered() {
     let dead = dead_addr();
     // Round robin over both; each request that meets the dead server first
     // is retried on the live one.
-    let lb = Fulcrum::start(&app_config(
-        "access_log = \"access.log\"",
-        &[dead, b[0].addr],
-        "",
-        "max_fails = 0",
-    ));
+    let lb = Fulcrum::start(
+        &app_config("access_log = \"access.log\"", &[dead, b[0].addr])
+            .upstream("max_fails = 0")
+            .toml(),
+    );
     for _ in 0..4 {
         assert_eq!(get(lb.addr("web"), "/").await.status, 200);
     }
@@ -305,7 +305,7 @@ where
 #[tokio::test]
 async fn a_streamed_body_is_logged_when_it_ends_with_its_final_size_and_time() {
     let slow = slow_body_backend().await;
-    let lb = Fulcrum::start(&app_config("access_log = \"access.log\"", &[slow], "", ""));
+    let lb = Fulcrum::start(&app_config("access_log = \"access.log\"", &[slow]).toml());
     let resp = get(lb.addr("web"), "/stream").await;
     assert_eq!((resp.status.as_u16(), resp.body.len()), (200, 2000));
 
@@ -321,7 +321,7 @@ async fn a_streamed_body_is_logged_when_it_ends_with_its_final_size_and_time() {
 #[tokio::test]
 async fn a_client_that_leaves_mid_body_still_gets_a_line() {
     let endless = endless_backend().await;
-    let lb = Fulcrum::start(&app_config("access_log = \"access.log\"", &[endless], "", ""));
+    let lb = Fulcrum::start(&app_config("access_log = \"access.log\"", &[endless]).toml());
     let mut stream = TcpStream::connect(lb.addr("web")).await.unwrap();
     stream
         .write_all(b"GET /forever HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -349,11 +349,10 @@ async fn a_client_that_leaves_mid_body_still_gets_a_line() {
 async fn combined_lines_follow_the_documented_layout() {
     let b = backends(&["alpha"]).await;
     let global = "access_log = \"access.log\"\naccess_log_format = \"combined\"";
-    let mut text = app_config(global, &[b[0].addr], "", "");
-    text = text.replace(
-        "name = \"app\"\n",
-        "name = \"app\"\npath_prefix = \"/app/\"\nrewrite_prefix = \"/\"\n",
-    );
+    let text = app_config(global, &[b[0].addr])
+        .route(r#"path_prefix = "/app/""#)
+        .route(r#"rewrite_prefix = "/""#)
+        .toml();
     let lb = Fulcrum::start(&text);
     let ok = get_with(lb.addr("web"), "/app/bytes/100", &[("user-agent", "combined \"test\"")]).await;
     assert_eq!(ok.status, 200);
@@ -388,7 +387,7 @@ async fn combined_lines_follow_the_documented_layout() {
 #[tokio::test]
 async fn stdout_mode_writes_json_lines_to_stdout() {
     let b = backends(&["alpha"]).await;
-    let lb = Fulcrum::start(&app_config("access_log = \"stdout\"", &[b[0].addr], "", ""));
+    let lb = Fulcrum::start(&app_config("access_log = \"stdout\"", &[b[0].addr]).toml());
     let resp = get(lb.addr("web"), "/bytes/64").await;
     assert_eq!(resp.status, 200);
     let id = resp.header("x-request-id").unwrap().to_owned();
@@ -415,7 +414,7 @@ async fn a_log_file_is_appended_to_and_reopened_on_sighup() {
     let path = logs.path().join("access.log");
     std::fs::write(&path, "an earlier line\n").unwrap();
     let global = format!("access_log = \"{}\"", path.display());
-    let lb = Fulcrum::start(&app_config(&global, &[b[0].addr], "", ""));
+    let lb = Fulcrum::start(&app_config(&global, &[b[0].addr]).toml());
     assert_eq!(get(lb.addr("web"), "/bytes/1").await.status, 200);
     let lines = wait_for_lines(&path, 2).await;
     assert_eq!(lines[0], "an earlier line");
@@ -450,7 +449,7 @@ async fn head_only(addr: SocketAddr, path: &str) -> hyper::Response<hyper::body:
 #[tokio::test]
 async fn requests_in_flight_at_shutdown_are_logged_before_exit() {
     let slow = slow_body_backend().await;
-    let mut lb = Fulcrum::start(&app_config("access_log = \"access.log\"", &[slow], "", ""));
+    let mut lb = Fulcrum::start(&app_config("access_log = \"access.log\"", &[slow]).toml());
     let resp = head_only(lb.addr("web"), "/in-flight").await;
     assert_eq!(resp.status(), 200);
     lb.signal("TERM");

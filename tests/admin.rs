@@ -9,26 +9,19 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use support::{Conn, Fulcrum, Resp, backends, get, request, wait_until};
+use support::{Config, Conn, Fulcrum, Resp, backends, get, request, wait_until};
 
 #[tokio::test]
 async fn health_ready_and_upstreams_describe_the_running_balancer() {
     let b = backends(&["a", "b"]).await;
-    let lb = Fulcrum::start(&format!(
-        r#"
-[global]
-admin_listen = "127.0.0.1:0"
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
-[[routes]]
-upstream = "app"
-[upstreams.app]
-balance = "least_conn"
-servers = [ {{ address = "{}", weight = 3 }}, {{ address = "{}", backup = true }} ]
-"#,
-        b[0].addr, b[1].addr
-    ));
+    let lb = Fulcrum::start(
+        &Config::new()
+            .global(r#"admin_listen = "127.0.0.1:0""#)
+            .upstream(r#"balance = "least_conn""#)
+            .server(b[0].addr, "weight = 3")
+            .server(b[1].addr, "backup = true")
+            .toml(),
+    );
     let admin = lb.addr("admin");
     let health = get(admin, "/health").await;
     assert_eq!((health.status.as_u16(), health.text().as_str()), (200, "ok\n"));
@@ -74,26 +67,11 @@ async fn who_answers(web: SocketAddr, n: usize) -> HashMap<String, usize> {
 
 fn admin_config(token: Option<&str>, servers: &[SocketAddr]) -> String {
     let token = token.map_or(String::new(), |t| format!("admin_token = \"{t}\""));
-    let servers = servers
-        .iter()
-        .map(|a| format!("{{ address = \"{a}\" }}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!(
-        r#"
-[global]
-workers = 1
-admin_listen = "127.0.0.1:0"
-{token}
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
-[[routes]]
-upstream = "app"
-[upstreams.app]
-servers = [ {servers} ]
-"#
-    )
+    Config::app(servers)
+        .global("workers = 1")
+        .global(r#"admin_listen = "127.0.0.1:0""#)
+        .global(&token)
+        .toml()
 }
 
 #[tokio::test]

@@ -10,23 +10,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use support::{Conn, Fulcrum, backends, get_with, request};
+use support::{Config, Conn, Fulcrum, backends, get_with, request};
 
 fn sticky_config(servers: &[SocketAddr]) -> String {
-    let list: Vec<String> = servers.iter().map(|a| format!("{{ address = \"{a}\" }}")).collect();
-    format!(
-        r#"
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
-[[routes]]
-upstream = "app"
-[upstreams.app]
-sticky = {{ cookie = "FULCRUM_AFFINITY", max_age = "1h" }}
-servers = [ {} ]
-"#,
-        list.join(", ")
-    )
+    Config::app(servers)
+        .upstream(r#"sticky = { cookie = "FULCRUM_AFFINITY", max_age = "1h" }"#)
+        .toml()
 }
 
 /// The affinity cookie a response sets, as `NAME=value`.
@@ -103,22 +92,13 @@ async fn always_503() -> (SocketAddr, Arc<AtomicU64>) {
 async fn a_small_body_is_sent_again_on_retry() {
     let (failing, hits) = always_503().await;
     let b = backends(&["good"]).await;
-    let lb = Fulcrum::start(&format!(
-        r#"
-[global]
-workers = 1
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
-[[routes]]
-upstream = "app"
-retry = {{ tries = 2, on = ["error", "http_503"] }}
-[upstreams.app]
-max_fails = 0
-servers = [ {{ address = "{failing}" }}, {{ address = "{}" }} ]
-"#,
-        b[0].addr
-    ));
+    let lb = Fulcrum::start(
+        &Config::app(&[failing, b[0].addr])
+            .global("workers = 1")
+            .route(r#"retry = { tries = 2, on = ["error", "http_503"] }"#)
+            .upstream("max_fails = 0")
+            .toml(),
+    );
     let mut conn = Conn::open(lb.addr("web")).await;
     for _ in 0..4 {
         let resp = conn

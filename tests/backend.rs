@@ -1,5 +1,6 @@
 //! The built-in test backend seen over real sockets, and the harness pieces
-//! that do not need the balancer: client, raw exchange, waits, log parsing.
+//! that do not need the balancer: client, raw exchange, waits, log parsing,
+//! the config builder.
 
 mod support;
 
@@ -252,6 +253,41 @@ fn log_lines_yield_listener_addresses_with_or_without_colour() {
     );
     assert!(support::parse_listening_line("ERROR cannot register listening socket error=x").is_none());
     assert_eq!(support::log_field(r#"INFO x: y path="/a b""#, "path"), Some("/a"));
+}
+
+#[test]
+fn the_config_builder_puts_each_line_in_its_section() {
+    let toml = support::Config::app(&["127.0.0.1:1"])
+        .server("127.0.0.1:2", "backup = true")
+        .global("workers = 1")
+        .listener(r#"max_body_size = "1k""#)
+        .route(r#"read_timeout = "1s""#)
+        .upstream("max_fails = 0")
+        .sections(
+            r#"
+            [upstreams.app.health_check]
+            path = "/health"
+            "#,
+        )
+        .toml();
+    let expected = r#"[global]
+workers = 1
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:0"
+max_body_size = "1k"
+[[routes]]
+upstream = "app"
+read_timeout = "1s"
+[upstreams.app]
+max_fails = 0
+servers = [ { address = "127.0.0.1:1" }, { address = "127.0.0.1:2", backup = true } ]
+[upstreams.app.health_check]
+path = "/health"
+"#;
+    assert_eq!(toml, expected);
+    // No [global] table unless something goes into it.
+    assert!(!support::Config::app(&["127.0.0.1:1"]).toml().contains("[global]"));
 }
 
 /// The CLI form of the backend, driven like the balancer is in other tests:

@@ -4,29 +4,19 @@ mod support;
 
 use std::sync::atomic::Ordering;
 
-use support::{Fulcrum, backends, get};
+use support::{Config, Fulcrum, backends, get};
 
 #[tokio::test]
 async fn weights_5_1_1_interleave_exactly_over_700_requests() {
     let b = backends(&["a", "b", "c"]).await;
-    let lb = Fulcrum::start(&format!(
-        r#"
-[global]
-workers = 1
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
-[[routes]]
-upstream = "app"
-[upstreams.app]
-servers = [
-  {{ address = "{}", weight = 5 }},
-  {{ address = "{}", weight = 1 }},
-  {{ address = "{}", weight = 1 }},
-]
-"#,
-        b[0].addr, b[1].addr, b[2].addr
-    ));
+    let lb = Fulcrum::start(
+        &Config::new()
+            .global("workers = 1")
+            .server(b[0].addr, "weight = 5")
+            .server(b[1].addr, "weight = 1")
+            .server(b[2].addr, "weight = 1")
+            .toml(),
+    );
     let addr = lb.addr("web");
     let mut seen = String::new();
     for _ in 0..700 {
@@ -44,20 +34,11 @@ servers = [
 #[tokio::test]
 async fn every_worker_spreads_its_requests_over_all_servers() {
     let b = backends(&["a", "b", "c"]).await;
-    let lb = Fulcrum::start(&format!(
-        r#"
-[global]
-workers = 2
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
-[[routes]]
-upstream = "app"
-[upstreams.app]
-servers = [ {{ address = "{}" }}, {{ address = "{}" }}, {{ address = "{}" }} ]
-"#,
-        b[0].addr, b[1].addr, b[2].addr
-    ));
+    let lb = Fulcrum::start(
+        &Config::app(&[b[0].addr, b[1].addr, b[2].addr])
+            .global("workers = 2")
+            .toml(),
+    );
     let addr = lb.addr("web");
     for _ in 0..300 {
         assert_eq!(get(addr, "/").await.status, 200);

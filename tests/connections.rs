@@ -8,23 +8,12 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::{Conn, Fulcrum, backends, get, request};
+use support::{Config, Conn, Fulcrum, backends, get, request};
 
-fn config(upstream: std::net::SocketAddr, listener_extra: &str) -> String {
-    format!(
-        r#"
-[global]
-shutdown_grace = "10s"
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
-{listener_extra}
-[[routes]]
-upstream = "app"
-[upstreams.app]
-servers = [ {{ address = "{upstream}" }} ]
-"#
-    )
+/// `upstream` behind listener `web`, with a shutdown grace longer than any
+/// test here needs.
+fn config(upstream: std::net::SocketAddr) -> Config {
+    Config::app(&[upstream]).global(r#"shutdown_grace = "10s""#)
 }
 
 /// Reads until the peer closes; returns what was read and when it closed.
@@ -47,7 +36,7 @@ async fn read_until_closed(stream: &mut TcpStream, deadline: Duration) -> (Vec<u
 #[tokio::test]
 async fn slow_loris_is_cut_off_at_request_header_timeout() {
     let b = backends(&["app"]).await;
-    let lb = Fulcrum::start(&config(b[0].addr, r#"request_header_timeout = "500ms""#));
+    let lb = Fulcrum::start(&config(b[0].addr).listener(r#"request_header_timeout = "500ms""#).toml());
     let mut stream = TcpStream::connect(lb.addr("web")).await.unwrap();
     let started = Instant::now();
     stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
@@ -60,11 +49,12 @@ async fn slow_loris_is_cut_off_at_request_header_timeout() {
 #[tokio::test]
 async fn idle_keepalive_connection_closes_after_keepalive_timeout() {
     let b = backends(&["app"]).await;
-    let lb = Fulcrum::start(&config(
-        b[0].addr,
-        r#"keepalive_timeout = "600ms"
-request_header_timeout = "5s""#,
-    ));
+    let lb = Fulcrum::start(
+        &config(b[0].addr)
+            .listener(r#"keepalive_timeout = "600ms""#)
+            .listener(r#"request_header_timeout = "5s""#)
+            .toml(),
+    );
     let mut stream = TcpStream::connect(lb.addr("web")).await.unwrap();
     stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
     let mut buf = [0u8; 1024];
@@ -87,7 +77,7 @@ request_header_timeout = "5s""#,
 #[tokio::test]
 async fn connections_beyond_max_connections_wait_for_a_free_slot() {
     let b = backends(&["app"]).await;
-    let lb = Fulcrum::start(&config(b[0].addr, "max_connections = 2"));
+    let lb = Fulcrum::start(&config(b[0].addr).listener("max_connections = 2").toml());
     let web = lb.addr("web");
     let mut first = Conn::open(web).await;
     let mut second = Conn::open(web).await;
@@ -123,7 +113,7 @@ async fn connections_beyond_max_connections_wait_for_a_free_slot() {
 #[tokio::test]
 async fn sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_0() {
     let b = backends(&["app"]).await;
-    let mut lb = Fulcrum::start(&config(b[0].addr, ""));
+    let mut lb = Fulcrum::start(&config(b[0].addr).toml());
     let web = lb.addr("web");
     let slow = tokio::spawn(async move { get(web, "/delay/1500").await });
     support::wait_until("the slow request reached the backend", Duration::from_secs(10), || {
@@ -165,10 +155,12 @@ async fn served(stream: &mut TcpStream) -> bool {
 #[tokio::test]
 async fn connections_beyond_max_connections_per_ip_are_refused_per_address() {
     let b = backends(&["app"]).await;
-    let lb = Fulcrum::start(&config(b[0].addr, "max_connections_per_ip = 2").replace(
-        "shutdown_grace = \"10s\"",
-        "shutdown_grace = \"10s\"\nadmin_listen = \"127.0.0.1:0\"",
-    ));
+    let lb = Fulcrum::start(
+        &config(b[0].addr)
+            .global(r#"admin_listen = "127.0.0.1:0""#)
+            .listener("max_connections_per_ip = 2")
+            .toml(),
+    );
     let web = lb.addr("web");
     let mut first = connect_from("127.0.0.1", web).await;
     let mut second = connect_from("127.0.0.1", web).await;

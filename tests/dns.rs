@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use fulcrum::backend::BackendHandle;
 use support::dns::{DnsServer, Mode};
-use support::{Conn, Fulcrum, Resp, backends, get, request, wait_until, wait_until_async};
+use support::{Config, Conn, Fulcrum, Resp, backends, get, request, wait_until, wait_until_async};
 
 const A_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
 const B_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
@@ -35,23 +35,13 @@ fn twin_backends() -> (BackendHandle, BackendHandle) {
     panic!("no port was free on both 127.0.0.1 and 127.0.0.2");
 }
 
-fn config(dns: &DnsServer, servers: &str) -> String {
-    format!(
-        r#"
-[global]
-resolver = "{dns}"
-admin_listen = "127.0.0.1:0"
-admin_token = "{TOKEN}"
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
-[[routes]]
-upstream = "app"
-[upstreams.app]
-servers = [ {servers} ]
-"#,
-        dns = dns.addr
-    )
+/// `app` with `servers` (addresses or `name:port`), resolved by `dns`.
+fn config(dns: &DnsServer, servers: &[impl std::fmt::Display]) -> String {
+    Config::app(servers)
+        .global(&format!(r#"resolver = "{}""#, dns.addr))
+        .global(r#"admin_listen = "127.0.0.1:0""#)
+        .global(&format!(r#"admin_token = "{TOKEN}""#))
+        .toml()
 }
 
 async fn api_reload(admin: SocketAddr) -> Resp {
@@ -74,10 +64,7 @@ async fn traffic_follows_a_dns_change_without_a_reload() {
     let dns = DnsServer::start();
     let (a, b) = twin_backends();
     dns.set("app.test", &[A_IP]);
-    let lb = Fulcrum::start(&config(
-        &dns,
-        &format!("{{ address = \"app.test:{}\" }}", a.addr.port()),
-    ));
+    let lb = Fulcrum::start(&config(&dns, &[format!("app.test:{}", a.addr.port())]));
     let web = lb.addr("web");
     for _ in 0..10 {
         assert_eq!(who(web).await, "a");
@@ -111,10 +98,7 @@ async fn failed_resolution_keeps_the_last_good_addresses() {
     let dns = DnsServer::start();
     let (a, _b) = twin_backends();
     dns.set("app.test", &[A_IP]);
-    let lb = Fulcrum::start(&config(
-        &dns,
-        &format!("{{ address = \"app.test:{}\" }}", a.addr.port()),
-    ));
+    let lb = Fulcrum::start(&config(&dns, &[format!("app.test:{}", a.addr.port())]));
     let web = lb.addr("web");
     assert_eq!(who(web).await, "a");
 
@@ -148,11 +132,7 @@ async fn failed_resolution_keeps_the_last_good_addresses() {
 async fn a_name_that_does_not_resolve_at_start_leaves_only_its_server_down() {
     let dns = DnsServer::start();
     let b = backends(&["literal", "named"]).await;
-    let servers = format!(
-        "{{ address = \"{}\" }}, {{ address = \"app.test:{}\" }}",
-        b[0].addr,
-        b[1].addr.port()
-    );
+    let servers = [b[0].addr.to_string(), format!("app.test:{}", b[1].addr.port())];
     let lb = Fulcrum::start(&config(&dns, &servers));
     let web = lb.addr("web");
     assert!(
@@ -182,14 +162,14 @@ async fn a_host_name_added_by_a_reload_resolves_and_one_kept_keeps_its_addresses
     let dns = DnsServer::start();
     let b = backends(&["literal", "named"]).await;
     dns.set("app.test", &[A_IP]);
-    let literal = format!("{{ address = \"{}\" }}", b[0].addr);
-    let named = format!("{{ address = \"app.test:{}\" }}", b[1].addr.port());
-    let lb = Fulcrum::start(&config(&dns, &literal));
+    let literal = b[0].addr.to_string();
+    let named = format!("app.test:{}", b[1].addr.port());
+    let lb = Fulcrum::start(&config(&dns, &[&literal]));
     let (web, admin) = (lb.addr("web"), lb.addr("admin"));
     assert_eq!(who(web).await, "literal");
     assert!(dns.names_asked().is_empty(), "no host name, no DNS");
 
-    lb.write_config(&config(&dns, &format!("{literal}, {named}")));
+    lb.write_config(&config(&dns, &[&literal, &named]));
     let reload = api_reload(admin).await;
     assert_eq!(reload.status, 200, "{}", reload.text());
     wait_until_async("the added host name to get traffic", DEADLINE, || async {
@@ -200,7 +180,7 @@ async fn a_host_name_added_by_a_reload_resolves_and_one_kept_keeps_its_addresses
     // With DNS failing, a reload that keeps the server (and drops the
     // other) must not lose its addresses: it serves from the first request.
     dns.set_mode(Mode::ServFail);
-    lb.write_config(&config(&dns, &named));
+    lb.write_config(&config(&dns, &[&named]));
     let reload = api_reload(admin).await;
     assert_eq!(reload.status, 200, "{}", reload.text());
     for _ in 0..10 {
@@ -213,18 +193,7 @@ async fn without_a_resolver_setting_the_system_configuration_is_used() {
     let b = backends(&["local"]).await;
     // `localhost` is 127.0.0.1 and ::1; the backend listens on the first
     // only, so this also shows a refusing address being skipped.
-    let lb = Fulcrum::start(&format!(
-        r#"
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
-[[routes]]
-upstream = "app"
-[upstreams.app]
-servers = [ {{ address = "localhost:{}" }} ]
-"#,
-        b[0].addr.port()
-    ));
+    let lb = Fulcrum::start(&Config::app(&[format!("localhost:{}", b[0].addr.port())]).toml());
     let web = lb.addr("web");
     for _ in 0..10 {
         assert_eq!(who(web).await, "local");

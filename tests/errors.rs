@@ -5,23 +5,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{Conn, Fulcrum, backends, get, raw_exchange, request};
-
-fn config(upstream: &str, listener_extra: &str, route_extra: &str) -> String {
-    format!(
-        r#"
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
-{listener_extra}
-[[routes]]
-upstream = "app"
-{route_extra}
-[upstreams.app]
-servers = [ {{ address = "{upstream}" }} ]
-"#
-    )
-}
+use support::{Config, Conn, Fulcrum, backends, get, raw_exchange, request};
 
 fn assert_error_body(resp: &support::Resp, status: u16) {
     assert_eq!(resp.status, status);
@@ -38,7 +22,7 @@ async fn dead_server_gives_502() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let lb = Fulcrum::start(&config(&dead.to_string(), "", ""));
+    let lb = Fulcrum::start(&Config::app(&[dead]).toml());
     assert_error_body(&get(lb.addr("web"), "/").await, 502);
 }
 
@@ -55,7 +39,7 @@ async fn unreachable_server_gives_504_at_the_connect_timeout() {
     let _queued: Vec<_> = (0..4)
         .filter_map(|_| std::net::TcpStream::connect_timeout(&full, Duration::from_millis(200)).ok())
         .collect();
-    let lb = Fulcrum::start(&config(&full.to_string(), "", r#"connect_timeout = "300ms""#));
+    let lb = Fulcrum::start(&Config::app(&[full]).route(r#"connect_timeout = "300ms""#).toml());
     let started = Instant::now();
     let resp = get(lb.addr("web"), "/").await;
     assert_error_body(&resp, 504);
@@ -73,7 +57,7 @@ async fn unreachable_server_gives_504_at_the_connect_timeout() {
 #[tokio::test]
 async fn slow_server_gives_504_at_the_read_timeout() {
     let b = backends(&["slow"]).await;
-    let lb = Fulcrum::start(&config(&b[0].addr.to_string(), "", r#"read_timeout = "300ms""#));
+    let lb = Fulcrum::start(&Config::app(&[b[0].addr]).route(r#"read_timeout = "300ms""#).toml());
     let started = Instant::now();
     let resp = get(lb.addr("web"), "/delay/5000").await;
     let took = started.elapsed();
@@ -96,7 +80,7 @@ async fn slow_server_gives_504_at_the_read_timeout() {
 #[tokio::test]
 async fn a_reused_upstream_connection_gives_each_request_its_whole_read_timeout() {
     let b = backends(&["app"]).await;
-    let lb = Fulcrum::start(&config(&b[0].addr.to_string(), "", r#"read_timeout = "2s""#));
+    let lb = Fulcrum::start(&Config::app(&[b[0].addr]).route(r#"read_timeout = "2s""#).toml());
     let mut conn = Conn::open(lb.addr("web")).await;
     let get = |path: &str| request("GET", path).body(Default::default()).unwrap();
     // Sets the upstream connection's timer to now + 2 s.
@@ -124,7 +108,7 @@ async fn a_reused_upstream_connection_gives_each_request_its_whole_read_timeout(
 #[tokio::test]
 async fn body_over_max_body_size_gives_413_with_or_without_length() {
     let b = backends(&["app"]).await;
-    let lb = Fulcrum::start(&config(&b[0].addr.to_string(), r#"max_body_size = "64k""#, ""));
+    let lb = Fulcrum::start(&Config::app(&[b[0].addr]).listener(r#"max_body_size = "64k""#).toml());
     let web = lb.addr("web");
 
     let mut conn = Conn::open(web).await;
@@ -155,7 +139,7 @@ async fn body_over_max_body_size_gives_413_with_or_without_length() {
 #[tokio::test]
 async fn oversized_headers_give_431_and_garbage_gives_400() {
     let b = backends(&["app"]).await;
-    let lb = Fulcrum::start(&config(&b[0].addr.to_string(), r#"max_header_size = "8k""#, ""));
+    let lb = Fulcrum::start(&Config::app(&[b[0].addr]).listener(r#"max_header_size = "8k""#).toml());
     let web = lb.addr("web");
     let big = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "y".repeat(10_000));
     let answer = raw_exchange(web, big.as_bytes()).await;

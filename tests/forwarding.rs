@@ -5,28 +5,16 @@ mod support;
 
 use std::sync::atomic::Ordering;
 
-use support::{Conn, Fulcrum, backends, get_with, request};
+use support::{Config, Conn, Fulcrum, backends, get_with, request};
 
-fn one_upstream(addr: std::net::SocketAddr, extra_listener: &str) -> String {
-    format!(
-        r#"
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
-{extra_listener}
-[[routes]]
-upstream = "app"
-[upstreams.app]
-keepalive = 8
-servers = [ {{ address = "{addr}" }} ]
-"#
-    )
+fn one_upstream(addr: std::net::SocketAddr) -> String {
+    Config::app(&[addr]).upstream("keepalive = 8").toml()
 }
 
 #[tokio::test]
 async fn upstream_sees_forwarding_headers_and_no_hop_by_hop_ones() {
     let b = backends(&["app"]).await;
-    let lb = Fulcrum::start(&one_upstream(b[0].addr, ""));
+    let lb = Fulcrum::start(&one_upstream(b[0].addr));
     let resp = get_with(
         lb.addr("web"),
         "/echo",
@@ -60,7 +48,7 @@ async fn upstream_sees_forwarding_headers_and_no_hop_by_hop_ones() {
 #[tokio::test]
 async fn a_sane_client_request_id_is_kept_and_a_bad_one_replaced() {
     let b = backends(&["app"]).await;
-    let lb = Fulcrum::start(&one_upstream(b[0].addr, ""));
+    let lb = Fulcrum::start(&one_upstream(b[0].addr));
     let kept = get_with(lb.addr("web"), "/echo", &[("x-request-id", "trace-abc-123")]).await;
     assert_eq!(kept.header("x-request-id"), Some("trace-abc-123"));
     let echo: serde_json::Value = serde_json::from_slice(&kept.body).unwrap();
@@ -74,7 +62,7 @@ async fn a_sane_client_request_id_is_kept_and_a_bad_one_replaced() {
 #[tokio::test]
 async fn thousands_of_requests_reuse_a_handful_of_upstream_connections() {
     let b = backends(&["app"]).await;
-    let lb = Fulcrum::start(&one_upstream(b[0].addr, ""));
+    let lb = Fulcrum::start(&one_upstream(b[0].addr));
     let web = lb.addr("web");
     let mut clients = Vec::new();
     for _ in 0..4 {
@@ -98,7 +86,7 @@ async fn thousands_of_requests_reuse_a_handful_of_upstream_connections() {
 #[tokio::test]
 async fn large_post_body_reaches_the_upstream_intact() {
     let b = backends(&["app"]).await;
-    let lb = Fulcrum::start(&one_upstream(b[0].addr, ""));
+    let lb = Fulcrum::start(&one_upstream(b[0].addr));
     let body = vec![b'x'; 3 * 1024 * 1024];
     let mut conn = Conn::open(lb.addr("web")).await;
     let resp = conn.send(request("POST", "/echo").body(body.into()).unwrap()).await;

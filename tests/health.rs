@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use support::{Conn, Fulcrum, backends, request};
+use support::{Config, Conn, Fulcrum, backends, request};
 
 async fn who_answers(addr: SocketAddr, n: usize) -> HashMap<String, usize> {
     let mut conn = Conn::open(addr).await;
@@ -30,28 +30,22 @@ async fn set_health(addr: SocketAddr, path: &str) {
 }
 
 fn config(a: SocketAddr, b: SocketAddr, slow_start: &str) -> String {
-    format!(
-        r#"
-[global]
-workers = 1
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
-[[routes]]
-upstream = "app"
-[upstreams.app]
-max_fails = 0
-{slow_start}
-servers = [ {{ address = "{a}" }}, {{ address = "{b}" }} ]
-[upstreams.app.health_check]
-path = "/health"
-interval = "100ms"
-timeout = "80ms"
-healthy_threshold = 2
-unhealthy_threshold = 2
-expect_status = "200-299"
-"#
-    )
+    Config::app(&[a, b])
+        .global("workers = 1")
+        .upstream("max_fails = 0")
+        .upstream(slow_start)
+        .sections(
+            r#"
+            [upstreams.app.health_check]
+            path = "/health"
+            interval = "100ms"
+            timeout = "80ms"
+            healthy_threshold = 2
+            unhealthy_threshold = 2
+            expect_status = "200-299"
+            "#,
+        )
+        .toml()
 }
 
 #[tokio::test]

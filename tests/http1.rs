@@ -10,23 +10,13 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::{Fulcrum, backends, raw_exchange};
+use support::{Config, Fulcrum, backends, raw_exchange};
 
 fn config(upstream: std::net::SocketAddr) -> String {
-    format!(
-        r#"
-[global]
-workers = 1
-shutdown_grace = "10s"
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
-[[routes]]
-upstream = "app"
-[upstreams.app]
-servers = [ {{ address = "{upstream}" }} ]
-"#
-    )
+    Config::app(&[upstream])
+        .global("workers = 1")
+        .global(r#"shutdown_grace = "10s""#)
+        .toml()
 }
 
 /// A response read off a raw connection: its head (lower-cased) and body.
@@ -244,10 +234,12 @@ async fn request_smuggling_attempts_get_400_and_close() {
     );
 
     // Broken chunk framing is found while the body streams.
-    let refused_in_the_body: [&[u8]; 3] = [
+    let refused_in_the_body: [&[u8]; 5] = [
         b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
         b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffff\r\n",
         b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcGET /smuggled HTTP/1.1\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\nabc\r\n0\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3;x\n0\r\n\r\n",
     ];
     for raw in refused_in_the_body {
         let answer = raw_exchange(web, raw).await;

@@ -16,34 +16,22 @@ use tokio::net::TcpStream;
 
 use fulcrum::backend::BackendHandle;
 use support::tls::{H2, Issued, TestCa, assert_status, connect, tool};
-use support::{Fulcrum, backends, wait_until};
+use support::{Config, Fulcrum, backends, wait_until};
 
 /// A listener `web` (TLS when `cert` is given) balancing round robin over
 /// `servers`.
 fn config(servers: &[SocketAddr], cert: Option<&Issued>) -> String {
-    let servers: Vec<String> = servers.iter().map(|a| format!("{{ address = \"{a}\" }}")).collect();
     let tls = cert.map_or(String::new(), |c| {
         format!(
             "[listeners.tls]\ncertificates = [ {{ cert = {:?}, key = {:?} }} ]\n",
             c.cert, c.key
         )
     });
-    format!(
-        r#"
-[global]
-workers = 2
-shutdown_grace = "20s"
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
-{tls}
-[[routes]]
-upstream = "app"
-[upstreams.app]
-servers = [ {} ]
-"#,
-        servers.join(", ")
-    )
+    Config::app(servers)
+        .global("workers = 2")
+        .global(r#"shutdown_grace = "20s""#)
+        .listener(&tls)
+        .toml()
 }
 
 fn requests(b: &[BackendHandle]) -> u64 {

@@ -10,36 +10,19 @@ use std::collections::HashMap;
 use std::net::{Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use support::{Fulcrum, backends, get, wait_until_async};
+use support::{Config, Fulcrum, backends, get, wait_until_async};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
-fn config(servers: &[SocketAddr], extra_listener: &str, extra_upstream: &str) -> String {
-    let servers = servers
-        .iter()
-        .map(|a| format!("{{ address = \"{a}\" }}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!(
-        r#"
-[global]
-workers = 2
-admin_listen = "127.0.0.1:0"
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
-proxy_protocol = true
-request_header_timeout = "1s"
-{extra_listener}
-[[routes]]
-upstream = "app"
-[upstreams.app]
-servers = [ {servers} ]
-{extra_upstream}
-"#
-    )
+/// Listener `web` expecting a PROXY header, in front of `servers`.
+fn config(servers: &[SocketAddr]) -> Config {
+    Config::app(servers)
+        .global("workers = 2")
+        .global(r#"admin_listen = "127.0.0.1:0""#)
+        .listener("proxy_protocol = true")
+        .listener(r#"request_header_timeout = "1s""#)
 }
 
 fn v1(src: &str) -> Vec<u8> {
@@ -128,7 +111,7 @@ async fn refused(admin: SocketAddr) -> u64 {
 #[tokio::test]
 async fn the_carried_address_is_the_client_for_forwarding_headers() {
     let b = backends(&["a"]).await;
-    let lb = Fulcrum::start(&config(&[b[0].addr], "", ""));
+    let lb = Fulcrum::start(&config(&[b[0].addr]).toml());
     let web = lb.addr("web");
 
     let seen = echoed(&exchange(web, &v1("203.0.113.9"), ECHO).await);
@@ -168,11 +151,12 @@ async fn the_carried_address_is_the_client_for_forwarding_headers() {
 #[tokio::test]
 async fn ip_hash_and_per_ip_limits_use_the_carried_address() {
     let b = backends(&["a", "b"]).await;
-    let lb = Fulcrum::start(&config(
-        &[b[0].addr, b[1].addr],
-        "max_connections_per_ip = 1",
-        "balance = \"ip_hash\"",
-    ));
+    let lb = Fulcrum::start(
+        &config(&[b[0].addr, b[1].addr])
+            .listener("max_connections_per_ip = 1")
+            .upstream(r#"balance = "ip_hash""#)
+            .toml(),
+    );
     let web = lb.addr("web");
 
     // Every connection comes from 127.0.0.1, yet twenty carried clients
@@ -210,7 +194,7 @@ async fn ip_hash_and_per_ip_limits_use_the_carried_address() {
 #[tokio::test]
 async fn missing_truncated_garbage_and_slow_headers_close_the_connection() {
     let b = backends(&["a"]).await;
-    let lb = Fulcrum::start(&config(&[b[0].addr], "", ""));
+    let lb = Fulcrum::start(&config(&[b[0].addr]).toml());
     let (web, admin) = (lb.addr("web"), lb.addr("admin"));
 
     let mut long_v1 = b"PROXY TCP4 ".to_vec();

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::future::join_all;
-use support::{Conn, Fulcrum, RedisServer, backends, get, request, wait_until_async};
+use support::{Config, Conn, Fulcrum, RedisServer, backends, get, request, wait_until_async};
 
 /// Long enough for a loaded machine; a healthy run needs well under a second.
 const RECOVERY_DEADLINE: Duration = Duration::from_secs(20);
@@ -27,30 +27,24 @@ fn metric(metrics: &str, series: &str) -> f64 {
 
 /// A config with one route limited by `[rate_limits.shared]` in Redis.
 fn config(redis_url: &str, upstream: SocketAddr, rate: &str, burst: u32, on_error: &str) -> String {
-    format!(
-        r#"
-[global]
-workers = 2
-admin_listen = "127.0.0.1:0"
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
-[[routes]]
-name = "api"
-upstream = "app"
-rate_limit = "shared"
-[upstreams.app]
-servers = [ {{ address = "{upstream}" }} ]
-[rate_limits.shared]
-rate = "{rate}"
-burst = {burst}
-key = "header:X-Tenant"
-store = "redis"
-[redis]
-url = "{redis_url}"
-on_error = "{on_error}"
-"#
-    )
+    Config::app(&[upstream])
+        .global("workers = 2")
+        .global(r#"admin_listen = "127.0.0.1:0""#)
+        .route(r#"name = "api""#)
+        .route(r#"rate_limit = "shared""#)
+        .sections(&format!(
+            r#"
+            [rate_limits.shared]
+            rate = "{rate}"
+            burst = {burst}
+            key = "header:X-Tenant"
+            store = "redis"
+            [redis]
+            url = "{redis_url}"
+            on_error = "{on_error}"
+            "#
+        ))
+        .toml()
 }
 
 fn tenant_req() -> http::Request<Bytes> {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use support::{Conn, Fulcrum, backends, get, request};
+use support::{Config, Conn, Fulcrum, backends, get, request};
 
 /// A minimal HTTP/1.1 server that answers every request with its name after
 /// an adjustable delay: the one thing the built-in backend cannot do per
@@ -60,28 +60,11 @@ async fn scripted(name: &'static str, delay_ms: u64) -> Scripted {
     Scripted { addr, delay_ms: delay }
 }
 
-fn config(balance: &str, servers: &[String], route_extra: &str, upstream_extra: &str) -> String {
-    format!(
-        r#"
-[global]
-workers = 1
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
-[[routes]]
-upstream = "app"
-{route_extra}
-[upstreams.app]
-balance = "{balance}"
-{upstream_extra}
-servers = [ {} ]
-"#,
-        servers.join(", ")
-    )
-}
-
-fn server(addr: SocketAddr, extra: &str) -> String {
-    format!("{{ address = \"{addr}\"{extra} }}")
+/// One worker balancing `servers` by `balance`.
+fn config(balance: &str, servers: &[SocketAddr]) -> Config {
+    Config::app(servers)
+        .global("workers = 1")
+        .upstream(&format!(r#"balance = "{balance}""#))
 }
 
 /// Sends `total` GETs of `path` from `concurrency` keep-alive clients; counts
@@ -116,12 +99,7 @@ async fn spread(addr: SocketAddr, path: &'static str, total: usize, concurrency:
 async fn least_conn_sends_most_traffic_away_from_a_slow_server() {
     let fast = scripted("fast", 0).await;
     let slow = scripted("slow", 300).await;
-    let lb = Fulcrum::start(&config(
-        "least_conn",
-        &[server(fast.addr, ""), server(slow.addr, "")],
-        "",
-        "",
-    ));
+    let lb = Fulcrum::start(&config("least_conn", &[fast.addr, slow.addr]).toml());
     let counts = spread(lb.addr("web"), "/", 200, 10).await;
     let slow_share = counts.get("slow").copied().unwrap_or(0);
     assert_eq!(counts.values().sum::<usize>(), 200);
@@ -135,7 +113,7 @@ async fn least_conn_sends_most_traffic_away_from_a_slow_server() {
 async fn ewma_moves_traffic_off_a_server_that_turns_slow_and_back_when_it_recovers() {
     let a = scripted("a", 0).await;
     let b = scripted("b", 0).await;
-    let lb = Fulcrum::start(&config("ewma", &[server(a.addr, ""), server(b.addr, "")], "", ""));
+    let lb = Fulcrum::start(&config("ewma", &[a.addr, b.addr]).toml());
     let web = lb.addr("web");
     let before = spread(web, "/", 200, 4).await;
     assert!(
@@ -164,16 +142,12 @@ async fn ewma_moves_traffic_off_a_server_that_turns_slow_and_back_when_it_recove
 #[tokio::test]
 async fn backup_takes_over_only_when_every_primary_is_down() {
     let b = backends(&["p1", "p2", "standby"]).await;
-    let lb = Fulcrum::start(&config(
-        "round_robin",
-        &[
-            server(b[0].addr, ""),
-            server(b[1].addr, ""),
-            server(b[2].addr, ", backup = true"),
-        ],
-        "",
-        "fail_timeout = \"30s\"",
-    ));
+    let lb = Fulcrum::start(
+        &config("round_robin", &[b[0].addr, b[1].addr])
+            .server(b[2].addr, "backup = true")
+            .upstream(r#"fail_timeout = "30s""#)
+            .toml(),
+    );
     let web = lb.addr("web");
     let healthy = spread(web, "/", 60, 3).await;
     assert_eq!(
@@ -200,12 +174,7 @@ async fn backup_takes_over_only_when_every_primary_is_down() {
 #[tokio::test]
 async fn server_at_max_requests_is_skipped_and_all_busy_gives_503_at_once() {
     let b = backends(&["only"]).await;
-    let lb = Fulcrum::start(&config(
-        "least_conn",
-        &[server(b[0].addr, ", max_requests = 1")],
-        "",
-        "",
-    ));
+    let lb = Fulcrum::start(&config("least_conn", &[]).server(b[0].addr, "max_requests = 1").toml());
     let web = lb.addr("web");
     let slow = tokio::spawn(async move { get(web, "/delay/2000").await });
     support::wait_until("the slow request reached the backend", Duration::from_secs(10), || {
@@ -227,12 +196,12 @@ async fn server_at_max_requests_is_skipped_and_all_busy_gives_503_at_once() {
 #[tokio::test]
 async fn retries_on_503_hide_a_failing_server() {
     let b = backends(&["sick", "well", "fine"]).await;
-    let lb = Fulcrum::start(&config(
-        "round_robin",
-        &[server(b[0].addr, ""), server(b[1].addr, ""), server(b[2].addr, "")],
-        r#"retry = { tries = 2, on = ["error", "http_503"] }"#,
-        "max_fails = 0",
-    ));
+    let lb = Fulcrum::start(
+        &config("round_robin", &[b[0].addr, b[1].addr, b[2].addr])
+            .route(r#"retry = { tries = 2, on = ["error", "http_503"] }"#)
+            .upstream("max_fails = 0")
+            .toml(),
+    );
     let web = lb.addr("web");
     // `sick` answers /health with 503 from now on.
     let mut admin = Conn::open(b[0].addr).await;
@@ -257,14 +226,12 @@ async fn retries_on_503_hide_a_failing_server() {
 async fn a_server_dying_under_load_costs_the_client_nothing_and_it_comes_back() {
     let b = backends(&["a", "b", "c"]).await;
     let c_addr = b[2].addr;
-    let servers: Vec<String> = b.iter().map(|b| server(b.addr, "")).collect();
-    let lb = Fulcrum::start(&config(
-        "round_robin",
-        &servers,
-        "",
-        r#"max_fails = 1
-fail_timeout = "1s""#,
-    ));
+    let lb = Fulcrum::start(
+        &config("round_robin", &[b[0].addr, b[1].addr, c_addr])
+            .upstream("max_fails = 1")
+            .upstream(r#"fail_timeout = "1s""#)
+            .toml(),
+    );
     let web = lb.addr("web");
     // 3000 requests of ~20 ms from 32 clients: a few seconds of steady load.
     let load = tokio::spawn(spread(web, "/delay/20", 3000, 32));
@@ -341,12 +308,12 @@ async fn always_503() -> (SocketAddr, Arc<AtomicU64>) {
 async fn a_retried_request_goes_again_with_its_head_and_body() {
     let well = backends(&["well"]).await;
     let (sick, sick_seen) = always_503().await;
-    let lb = Fulcrum::start(&config(
-        "round_robin",
-        &[server(sick, ""), server(well[0].addr, "")],
-        r#"retry = { tries = 2, on = ["http_503"] }"#,
-        "max_fails = 0",
-    ));
+    let lb = Fulcrum::start(
+        &config("round_robin", &[sick, well[0].addr])
+            .route(r#"retry = { tries = 2, on = ["http_503"] }"#)
+            .upstream("max_fails = 0")
+            .toml(),
+    );
     let mut conn = Conn::open(lb.addr("web")).await;
     // Larger than what goes out in the head's own write, so a try really
     // consumes the body held for replay (64 KiB by default).

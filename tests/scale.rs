@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _, stream};
-use support::{Fulcrum, backends, get};
+use support::{Config, Fulcrum, backends, get};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -70,24 +70,15 @@ async fn ten_thousand_keepalive_clients_and_a_thousand_tunnels_at_once() {
         "this test needs an open-files hard limit of at least {needed}, the machine allows {limit}"
     );
     let b = backends(&["a", "b"]).await;
-    let lb = Fulcrum::start(&format!(
-        r#"
-[global]
-workers = 2
-admin_listen = "127.0.0.1:0"
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
-max_connections = 20000
-keepalive_timeout = "300s"
-[[routes]]
-upstream = "app"
-[upstreams.app]
-balance = "least_conn"
-servers = [ {{ address = "{}" }}, {{ address = "{}" }} ]
-"#,
-        b[0].addr, b[1].addr
-    ));
+    let lb = Fulcrum::start(
+        &Config::app(&[b[0].addr, b[1].addr])
+            .global("workers = 2")
+            .global(r#"admin_listen = "127.0.0.1:0""#)
+            .listener("max_connections = 20000")
+            .listener(r#"keepalive_timeout = "300s""#)
+            .upstream(r#"balance = "least_conn""#)
+            .toml(),
+    );
     let (web, admin) = (lb.addr("web"), lb.addr("admin"));
 
     let opened = tokio::time::timeout(DEADLINE * 2, async {

@@ -9,28 +9,18 @@ use hyper::body::Frame;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use support::{Fulcrum, backends};
+use support::{Config, Fulcrum, backends};
 
 const GIB: u64 = 1024 * 1024 * 1024;
 /// Peak RSS the balancer may reach while moving 1 GiB: buffers, not the body.
 const MAX_PEAK_RSS_KB: u64 = 64 * 1024;
 
 fn config(upstream: std::net::SocketAddr) -> String {
-    format!(
-        r#"
-[global]
-workers = 1
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
-max_body_size = "2G"
-[[routes]]
-upstream = "app"
-read_timeout = "30s"
-[upstreams.app]
-servers = [ {{ address = "{upstream}" }} ]
-"#
-    )
+    Config::app(&[upstream])
+        .global("workers = 1")
+        .listener(r#"max_body_size = "2G""#)
+        .route(r#"read_timeout = "30s""#)
+        .toml()
 }
 
 async fn client<B>(addr: std::net::SocketAddr) -> hyper::client::conn::http1::SendRequest<B>

@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 use support::tls::{H2, Issued, TestCa, assert_status, connect, http1_get, peer_leaf, tool};
-use support::{Fulcrum, backends, get_with};
+use support::{Config, Fulcrum, backends, get_with};
 
 /// A TLS listener `web` with `certs` (in order) in front of `upstream`.
 fn config(upstream: std::net::SocketAddr, certs: &[&Issued], tls_extra: &str) -> String {
@@ -23,24 +23,13 @@ fn config(upstream: std::net::SocketAddr, certs: &[&Issued], tls_extra: &str) ->
         .iter()
         .map(|c| format!("{{ cert = {:?}, key = {:?} }}", c.cert, c.key))
         .collect();
-    format!(
-        r#"
-[global]
-workers = 2
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
-request_header_timeout = "1s"
-[listeners.tls]
-certificates = [ {} ]
-{tls_extra}
-[[routes]]
-upstream = "app"
-[upstreams.app]
-servers = [ {{ address = "{upstream}" }} ]
-"#,
-        certificates.join(", ")
-    )
+    Config::app(&[upstream])
+        .global("workers = 2")
+        .listener(r#"request_header_timeout = "1s""#)
+        .listener("[listeners.tls]")
+        .listener(&format!("certificates = [ {} ]", certificates.join(", ")))
+        .listener(tls_extra)
+        .toml()
 }
 
 /// The CA, a default certificate (valid for 127.0.0.1, so a client without

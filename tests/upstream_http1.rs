@@ -1,8 +1,8 @@
 //! Fulcrum's own HTTP/1.1 client against an upstream that says exactly what
 //! a test scripts, byte for byte: every way a response body can be
 //! delimited, interim answers, malformed and ambiguous heads (502, never a
-//! guess), a pooled connection the server closed while idle, and the
-//! framing of request bodies on the way up.
+//! guess) and broken bodies, a pooled connection the server closed while
+//! idle, and the framing of request bodies on the way up.
 
 mod support;
 
@@ -14,7 +14,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use support::{Conn, Fulcrum, request, wait_until};
+use support::{Config, Conn, Fulcrum, request, wait_until};
 
 /// What the scripted upstream has seen.
 #[derive(Default)]
@@ -95,6 +95,7 @@ fn reply(path: &str, body: &[u8]) -> Vec<u8> {
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"
                 .to_owned()
         }
+        "/bare-lf" => "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n".to_owned(),
         "/continue" => "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_owned(),
         "/conflicting" => "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok!".to_owned(),
         "/garbage" => "this is not HTTP\r\n\r\n".to_owned(),
@@ -135,19 +136,7 @@ async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
 }
 
 fn start(upstream: SocketAddr) -> Fulcrum {
-    Fulcrum::start(&format!(
-        r#"
-[global]
-workers = 1
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
-[[routes]]
-upstream = "app"
-[upstreams.app]
-servers = [ {{ address = "{upstream}" }} ]
-"#
-    ))
+    Fulcrum::start(&Config::app(&[upstream]).global("workers = 1").toml())
 }
 
 async fn exchange(addr: SocketAddr, method: &str, path: &str, body: &str) -> support::Resp {
@@ -186,11 +175,17 @@ async fn malformed_or_ambiguous_upstream_answers_are_502() {
         assert_eq!(r.status, 502, "{path}: {}", r.text());
         assert!(r.text().contains("request id"), "{path}: {}", r.text());
     }
-    // A body cut short cannot be passed off as complete: the client's
-    // response fails instead of ending cleanly.
-    let req = request("GET", "/truncated").body(Bytes::new()).unwrap();
-    let cut = Conn::open(addr).await.try_send(req).await;
-    assert!(cut.is_err(), "a truncated body reached the client as complete: {cut:?}");
+    // A body cut short, or chunked with a bare LF that ends no line (RFC
+    // 9112 §7.1), cannot be passed off as complete: the client's response
+    // fails instead of ending cleanly.
+    for path in ["/truncated", "/bare-lf"] {
+        let req = request("GET", path).body(Bytes::new()).unwrap();
+        let cut = Conn::open(addr).await.try_send(req).await;
+        assert!(
+            cut.is_err(),
+            "{path}: a broken body reached the client as complete: {cut:?}"
+        );
+    }
     // The balancer is fine afterwards.
     assert_eq!(exchange(addr, "GET", "/keep", "").await.text(), "kept");
 }

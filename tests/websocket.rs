@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt as _, StreamExt as _};
-use support::{Conn, Fulcrum, backends, get, raw_exchange, request, wait_until_async};
+use support::{Config, Conn, Fulcrum, backends, get, raw_exchange, request, wait_until_async};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -21,29 +21,14 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 const DEADLINE: Duration = Duration::from_secs(20);
 
 fn config(servers: &[SocketAddr], balance: &str, read_timeout: &str) -> String {
-    let servers = servers
-        .iter()
-        .map(|a| format!("{{ address = \"{a}\" }}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!(
-        r#"
-[global]
-workers = 2
-admin_listen = "127.0.0.1:0"
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
-keepalive_timeout = "1s"
-expose_upstream = true
-[[routes]]
-upstream = "app"
-read_timeout = "{read_timeout}"
-[upstreams.app]
-balance = "{balance}"
-servers = [ {servers} ]
-"#
-    )
+    Config::app(servers)
+        .global("workers = 2")
+        .global(r#"admin_listen = "127.0.0.1:0""#)
+        .listener(r#"keepalive_timeout = "1s""#)
+        .listener("expose_upstream = true")
+        .route(&format!(r#"read_timeout = "{read_timeout}""#))
+        .upstream(&format!(r#"balance = "{balance}""#))
+        .toml()
 }
 
 /// Opens a WebSocket to `/ws` through the balancer; returns the stream and

@@ -1,12 +1,13 @@
 //! Shared end-to-end test harness: in-process backends, a small HTTP client,
-//! the real `fulcrum` binary under test, and waiting on conditions with a
-//! deadline instead of sleeping.
+//! the real `fulcrum` binary under test and the config it usually runs
+//! (`Config`), and waiting on conditions with a deadline instead of sleeping.
 
 // Each test file uses a different part of the harness.
 #![allow(dead_code)]
 
 pub mod browser;
 mod client;
+mod config;
 pub mod dns;
 mod process;
 mod redis;
@@ -21,6 +22,8 @@ use fulcrum::backend::{self, BackendHandle};
 // Re-exported for whichever test files need them.
 #[allow(unused_imports)]
 pub use client::{Conn, Resp, get, get_with, raw_exchange, request};
+#[allow(unused_imports)]
+pub use config::Config;
 #[allow(unused_imports)]
 pub use process::{Fulcrum, log_field, parse_listening_line, strip_ansi};
 #[allow(unused_imports)]

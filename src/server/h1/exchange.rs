@@ -16,12 +16,14 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::body::{BodyStream, Room, Slot};
-use super::decode::{DecodeError, Decoded, Decoder};
+use super::decode::Decoder;
 use super::encode::{self, BodyFraming, ConnectionField};
 use super::parse::{Framing, Head};
 use super::write::{self, Outbox};
 use super::{Conn, fill_body};
 use crate::body::ClientBody;
+use crate::http1::Decoded;
+use crate::http1::chunked::ChunkError;
 use crate::observe::access_log::LoggedBody;
 use crate::proxy::tunnel::{self, TunnelIo};
 use crate::proxy::{self, ClientInfo};
@@ -95,7 +97,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<I> {
         {
             // The body broke its own framing: whatever the proxy made of
             // that, the client hears that its request was bad.
-            let why = feed.error.unwrap_or(DecodeError::ChunkSize);
+            let why = feed.error.unwrap_or(ChunkError::Size);
             self.refuse(StatusCode::BAD_REQUEST, &why).await;
             return After::Close { linger: true };
         }
@@ -179,7 +181,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<I> {
                             return Poll::Ready(false);
                         }
                     }
-                    Ok(Decoded::End) => return Poll::Ready(true),
+                    Ok(Decoded::Done) => return Poll::Ready(true),
                     Ok(Decoded::NeedMore) => match fill_body(&mut self.io, &mut self.read, cx, feed.read_size()) {
                         Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                             self.eof = true;
@@ -231,7 +233,7 @@ struct Feed {
     decoder: Decoder,
     expect: Expect,
     state: FeedState,
-    error: Option<DecodeError>,
+    error: Option<ChunkError>,
 }
 
 impl Feed {
@@ -312,7 +314,7 @@ impl Feed {
             }
             match self.decoder.decode(read) {
                 Ok(Decoded::Data(data)) => self.slot.put(data),
-                Ok(Decoded::End) => {
+                Ok(Decoded::Done) => {
                     self.slot.complete();
                     self.state = FeedState::Done;
                 }

@@ -1,0 +1,57 @@
+//! What our two HTTP/1.1 codecs share on the way in: the server codec
+//! (`server/h1`, request bodies from clients) and the upstream client
+//! (`upstream/h1`, response bodies from servers) decode bodies with the same
+//! pieces, so both directions accept exactly the same framing.
+
+pub mod chunked;
+
+use bytes::{Bytes, BytesMut};
+
+/// What one step of decoding a body gave.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded {
+    Data(Bytes),
+    /// The buffer holds no more of the body: read more.
+    NeedMore,
+    /// The body has ended; what is left in the buffer is not part of it.
+    Done,
+}
+
+/// Splits up to `left` bytes of body off the front of `buf`, without a
+/// copy, and counts them off `left`; `None` when `buf` is empty.
+// Inlined: it is on the path of every body.
+#[inline(always)]
+pub fn split_counted(left: &mut u64, buf: &mut BytesMut) -> Option<Bytes> {
+    if buf.is_empty() {
+        return None;
+    }
+    let n = usize::try_from(*left).map_or(buf.len(), |left| left.min(buf.len()));
+    *left -= n as u64;
+    Some(buf.split_to(n).freeze())
+}
+
+/// Feeds `raw` to `decode` in pieces of `step` bytes, as reads would bring
+/// it, until the body ends or `raw` runs out: the body, and how many bytes
+/// of `raw` it took (`None` when it never ended).
+#[cfg(test)]
+pub(crate) fn feed_in_pieces<E>(
+    raw: &[u8],
+    step: usize,
+    mut decode: impl FnMut(&mut BytesMut) -> Result<Decoded, E>,
+) -> Result<(Vec<u8>, Option<usize>), E> {
+    let mut buf = BytesMut::new();
+    let mut body = Vec::new();
+    let mut fed = 0;
+    loop {
+        match decode(&mut buf)? {
+            Decoded::Data(data) => body.extend_from_slice(&data),
+            Decoded::Done => return Ok((body, Some(fed - buf.len()))),
+            Decoded::NeedMore if fed == raw.len() => return Ok((body, None)),
+            Decoded::NeedMore => {
+                let n = step.max(1).min(raw.len() - fed);
+                buf.extend_from_slice(&raw[fed..fed + n]);
+                fed += n;
+            }
+        }
+    }
+}
