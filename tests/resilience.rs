@@ -16,38 +16,53 @@ use tokio::net::TcpListener;
 
 use support::{Config, Conn, Fulcrum, backends, get, request};
 
-/// A minimal HTTP/1.1 server that answers every request with its name after
-/// an adjustable delay: the one thing the built-in backend cannot do per
-/// instance.
+/// A minimal HTTP/1.1 server that reads each request whole and answers it
+/// with `status` and its name after an adjustable delay: the one thing the
+/// built-in backend cannot do per instance.
 struct Scripted {
     addr: SocketAddr,
     delay_ms: Arc<AtomicU64>,
+    /// Requests read so far.
+    requests: Arc<AtomicU64>,
 }
 
-async fn scripted(name: &'static str, delay_ms: u64) -> Scripted {
+async fn scripted(name: &'static str, status: u16, delay_ms: u64) -> Scripted {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let delay = Arc::new(AtomicU64::new(delay_ms));
-    let shared = delay.clone();
+    let requests = Arc::new(AtomicU64::new(0));
+    let (shared_delay, counter) = (delay.clone(), requests.clone());
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
-            let delay = shared.clone();
+            let (delay, counter) = (shared_delay.clone(), counter.clone());
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
                 loop {
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    // The head, then as many body bytes as it declares.
+                    let mut whole = None;
+                    while whole.is_none_or(|len| buf.len() < len) {
                         match stream.read(&mut chunk).await {
                             Ok(0) | Err(_) => return,
                             Ok(n) => buf.extend_from_slice(&chunk[..n]),
                         }
+                        if whole.is_none()
+                            && let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n")
+                        {
+                            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                            let length: usize = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .map_or(0, |v| v.trim().parse().unwrap());
+                            whole = Some(end + 4 + length);
+                        }
                     }
-                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-                    buf.drain(..end);
+                    buf.drain(..whole.unwrap_or(0));
+                    counter.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(Duration::from_millis(delay.load(Ordering::Relaxed))).await;
                     let body = format!("{name}\n");
                     let reply = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Backend: {name}\r\n\r\n{body}",
+                        "HTTP/1.1 {status} Scripted\r\nContent-Length: {}\r\nX-Backend: {name}\r\n\r\n{body}",
                         body.len()
                     );
                     if stream.write_all(reply.as_bytes()).await.is_err() {
@@ -57,7 +72,11 @@ async fn scripted(name: &'static str, delay_ms: u64) -> Scripted {
             });
         }
     });
-    Scripted { addr, delay_ms: delay }
+    Scripted {
+        addr,
+        delay_ms: delay,
+        requests,
+    }
 }
 
 /// One worker balancing `servers` by `balance`.
@@ -97,8 +116,8 @@ async fn spread(addr: SocketAddr, path: &'static str, total: usize, concurrency:
 
 #[tokio::test]
 async fn least_conn_sends_most_traffic_away_from_a_slow_server() {
-    let fast = scripted("fast", 0).await;
-    let slow = scripted("slow", 300).await;
+    let fast = scripted("fast", 200, 0).await;
+    let slow = scripted("slow", 200, 300).await;
     let lb = Fulcrum::start(&config("least_conn", &[fast.addr, slow.addr]).toml());
     let counts = spread(lb.addr("web"), "/", 200, 10).await;
     let slow_share = counts.get("slow").copied().unwrap_or(0);
@@ -111,8 +130,8 @@ async fn least_conn_sends_most_traffic_away_from_a_slow_server() {
 
 #[tokio::test]
 async fn ewma_moves_traffic_off_a_server_that_turns_slow_and_back_when_it_recovers() {
-    let a = scripted("a", 0).await;
-    let b = scripted("b", 0).await;
+    let a = scripted("a", 200, 0).await;
+    let b = scripted("b", 200, 0).await;
     let lb = Fulcrum::start(&config("ewma", &[a.addr, b.addr]).toml());
     let web = lb.addr("web");
     let before = spread(web, "/", 200, 4).await;
@@ -259,64 +278,20 @@ async fn a_server_dying_under_load_costs_the_client_nothing_and_it_comes_back() 
     drop(restarted);
 }
 
-/// A server that reads each request whole and answers 503: what a retry on
-/// `http_503` must hide.
-async fn always_503() -> (SocketAddr, Arc<AtomicU64>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let seen = Arc::new(AtomicU64::new(0));
-    let counter = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                    let length: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .map_or(0, |v| v.trim().parse().unwrap());
-                    while buf.len() < end + 4 + length {
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    buf.drain(..end + 4 + length);
-                    counter.fetch_add(1, Ordering::Relaxed);
-                    let answer = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n";
-                    if stream.write_all(answer).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (addr, seen)
-}
-
 #[tokio::test]
 async fn a_retried_request_goes_again_with_its_head_and_body() {
     let well = backends(&["well"]).await;
-    let (sick, sick_seen) = always_503().await;
+    let sick = scripted("sick", 503, 0).await;
     let lb = Fulcrum::start(
-        &config("round_robin", &[sick, well[0].addr])
+        &config("round_robin", &[sick.addr, well[0].addr])
             .route(r#"retry = { tries = 2, on = ["http_503"] }"#)
             .upstream("max_fails = 0")
             .toml(),
     );
     let mut conn = Conn::open(lb.addr("web")).await;
-    // Larger than what goes out in the head's own write, so a try really
-    // consumes the body held for replay (64 KiB by default).
+    // Held for replay (up to 64 KiB by default) but larger than what goes
+    // out in the head's own write (16 KiB): it is written on its own after
+    // the head, which must leave it whole for the retry.
     let body = bytes::Bytes::from(vec![b'x'; 40 * 1024]);
     for _ in 0..4 {
         let req = request("PUT", "/echo?q=1")
@@ -333,5 +308,5 @@ async fn a_retried_request_goes_again_with_its_head_and_body() {
         assert_eq!(echo["headers"]["x-check"], "kept");
     }
     // Round robin sent half the first tries to the sick server.
-    assert!(sick_seen.load(Ordering::Relaxed) >= 2, "the sick server was tried");
+    assert!(sick.requests.load(Ordering::Relaxed) >= 2, "the sick server was tried");
 }

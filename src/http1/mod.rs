@@ -1,11 +1,45 @@
 //! What our two HTTP/1.1 codecs share on the way in: the server codec
 //! (`server/h1`, request bodies from clients) and the upstream client
 //! (`upstream/h1`, response bodies from servers) decode bodies with the same
-//! pieces, so both directions accept exactly the same framing.
+//! pieces, so both directions accept exactly the same framing, and read the
+//! `Connection` field the same way.
 
 pub mod chunked;
 
 use bytes::{Bytes, BytesMut};
+use http::{HeaderName, HeaderValue};
+
+use crate::proxy::headers::hop_by_hop_index;
+
+/// What the `Connection` fields of a message said (RFC 9110 §7.6.1).
+#[derive(Debug, Default)]
+pub struct ConnectionOptions {
+    pub close: bool,
+    pub keep_alive: bool,
+    pub upgrade: bool,
+    /// Fields it names beyond the fixed hop-by-hop list, which go with the
+    /// connection too (rare: allocates only then).
+    pub named: Vec<HeaderName>,
+}
+
+impl ConnectionOptions {
+    /// Adds the options of one `Connection` field.
+    pub fn read(&mut self, value: &HeaderValue) {
+        for option in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            if option.eq_ignore_ascii_case(b"close") {
+                self.close = true;
+            } else if option.eq_ignore_ascii_case(b"keep-alive") {
+                self.keep_alive = true;
+            } else if option.eq_ignore_ascii_case(b"upgrade") {
+                self.upgrade = true;
+            } else if let Ok(named) = HeaderName::from_bytes(option)
+                && hop_by_hop_index(&named).is_none()
+            {
+                self.named.push(named);
+            }
+        }
+    }
+}
 
 /// What one step of decoding a body gave.
 #[derive(Debug, PartialEq, Eq)]

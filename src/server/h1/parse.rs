@@ -9,6 +9,7 @@ use std::mem::MaybeUninit;
 use bytes::BytesMut;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version, header};
 
+use crate::http1::ConnectionOptions;
 use crate::proxy::headers;
 
 /// Most header lines a request may have (hyper's limit too).
@@ -135,14 +136,10 @@ struct FramingScan {
     chunked_last: bool,
     /// A coding other than `chunked` was listed.
     other_coding: bool,
-    close: bool,
-    keep_alive: bool,
-    upgrade_option: bool,
+    /// Its fields named there are removed once the map is built.
+    connection: ConnectionOptions,
     upgrade_field: bool,
     expect_continue: bool,
-    /// Fields `Connection` names beyond the fixed hop-by-hop list (rare:
-    /// allocates only then), removed once the map is built.
-    named: Vec<HeaderName>,
 }
 
 impl FramingScan {
@@ -173,19 +170,7 @@ impl FramingScan {
                 }
             }
         } else if *name == header::CONNECTION {
-            for option in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                if option.eq_ignore_ascii_case(b"close") {
-                    self.close = true;
-                } else if option.eq_ignore_ascii_case(b"keep-alive") {
-                    self.keep_alive = true;
-                } else if option.eq_ignore_ascii_case(b"upgrade") {
-                    self.upgrade_option = true;
-                } else if let Ok(named) = HeaderName::from_bytes(option)
-                    && headers::hop_by_hop_index(&named).is_none()
-                {
-                    self.named.push(named);
-                }
-            }
+            self.connection.read(value);
         } else if *name == header::UPGRADE {
             self.upgrade_field = true;
         } else if *name == header::EXPECT {
@@ -195,11 +180,11 @@ impl FramingScan {
     }
 
     fn finish(self, mut request: Request<()>) -> Result<Option<Head>, HeadError> {
-        let upgrade = self.upgrade_field && self.upgrade_option;
+        let upgrade = self.upgrade_field && self.connection.upgrade;
         if self.upgrade_field && !upgrade {
             request.headers_mut().remove(header::UPGRADE);
         }
-        for named in self.named {
+        for named in self.connection.named {
             request.headers_mut().remove(named);
         }
         let framing = if self.coded {
@@ -219,7 +204,8 @@ impl FramingScan {
                 Some(n) => Framing::Length(n),
             }
         };
-        let keep_alive = !self.close && (request.version() == Version::HTTP_11 || self.keep_alive);
+        let keep_alive =
+            !self.connection.close && (request.version() == Version::HTTP_11 || self.connection.keep_alive);
         Ok(Some(Head {
             expect_continue: self.expect_continue && framing != Framing::Empty && request.version() == Version::HTTP_11,
             upgrade,

@@ -9,6 +9,7 @@ use bytes::BytesMut;
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, Version, header};
 
 use super::{Framing, Head};
+use crate::http1::ConnectionOptions;
 use crate::proxy::headers;
 
 /// Most header fields a response may have.
@@ -89,7 +90,7 @@ fn parse_one(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, &'s
         }
         headers.append(name, value);
     }
-    for named in scan.named.drain(..) {
+    for named in scan.connection.named.drain(..) {
         headers.remove(named);
     }
     let (framing, reusable) = scan.framing(status, version, head_request)?;
@@ -108,8 +109,8 @@ fn parse_one(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, &'s
 /// What the framing- and connection-related fields of a response said.
 #[derive(Debug, Default)]
 struct Scan {
-    keep_alive: bool,
-    close: bool,
+    /// Its fields named there are removed once the map is built.
+    connection: ConnectionOptions,
     /// A `Transfer-Encoding` field was present.
     coded: bool,
     /// The last transfer coding listed is `chunked`.
@@ -118,26 +119,13 @@ struct Scan {
     /// Why the `Content-Length` fields cannot be trusted, if they cannot:
     /// an error only where the length delimits the body.
     bad_length: Option<&'static str>,
-    /// Fields `Connection` names beyond the fixed hop-by-hop list (rare:
-    /// allocates only then), removed once the map is built.
-    named: Vec<HeaderName>,
 }
 
 impl Scan {
     fn see(&mut self, name: &HeaderName, value: &HeaderValue) {
         let items = || value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii);
         if *name == header::CONNECTION {
-            for token in items() {
-                if token.eq_ignore_ascii_case(b"close") {
-                    self.close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                    self.keep_alive = true;
-                } else if let Ok(named) = HeaderName::from_bytes(token)
-                    && headers::hop_by_hop_index(&named).is_none()
-                {
-                    self.named.push(named);
-                }
-            }
+            self.connection.read(value);
         } else if *name == header::TRANSFER_ENCODING {
             self.coded = true;
             if let Some(last) = items().rfind(|t| !t.is_empty()) {
@@ -166,7 +154,7 @@ impl Scan {
         version: Version,
         head_request: bool,
     ) -> Result<(Framing, bool), &'static str> {
-        let keep_alive = !self.close && (version == Version::HTTP_11 || self.keep_alive);
+        let keep_alive = !self.connection.close && (version == Version::HTTP_11 || self.connection.keep_alive);
         if head_request
             || status.is_informational()
             || status == StatusCode::NO_CONTENT
