@@ -6,7 +6,7 @@
 
 pub mod chunked;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderName, HeaderValue};
 
 use crate::proxy::headers::hop_by_hop_index;
@@ -39,6 +39,20 @@ impl ConnectionOptions {
             }
         }
     }
+}
+
+/// Counts the `n` bytes one vectored write took of `head_left` bytes of a
+/// head, then `body`, then `tail` (the way both codecs write: head, body
+/// data, the CRLF after a chunk) off them: `body` and `tail` are advanced
+/// past what went, and how much of the head went is returned.
+pub fn advance_written(mut n: usize, head_left: usize, body: &mut Bytes, tail: &mut &'static [u8]) -> usize {
+    let from_head = n.min(head_left);
+    n -= from_head;
+    let from_body = n.min(body.len());
+    body.advance(from_body);
+    n -= from_body;
+    *tail = &tail[n.min(tail.len())..];
+    from_head
 }
 
 /// What one step of decoding a body gave.
@@ -86,6 +100,27 @@ pub(crate) fn feed_in_pieces<E>(
                 buf.extend_from_slice(&raw[fed..fed + n]);
                 fed += n;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_short_write_is_counted_off_head_then_body_then_tail() {
+        let (head, body, tail) = (5, &b"0123456789"[..], &b"\r\n"[..]);
+        for n in 0..=head + body.len() + tail.len() {
+            let (mut b, mut t) = (Bytes::from_static(body), tail);
+            let from_head = advance_written(n, head, &mut b, &mut t);
+            let mut rest = vec![b'h'; head - from_head];
+            rest.extend_from_slice(&b);
+            rest.extend_from_slice(t);
+            let mut all = vec![b'h'; head];
+            all.extend_from_slice(body);
+            all.extend_from_slice(tail);
+            assert_eq!(rest, &all[n..], "after {n} bytes");
         }
     }
 }

@@ -8,8 +8,10 @@ use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use tokio::io::AsyncWrite;
+
+use crate::http1::advance_written;
 
 /// Above this the scratch buffer is not kept for the next response.
 const SCRATCH_KEEP_BYTES: usize = 64 * 1024;
@@ -66,11 +68,11 @@ impl Outbox {
         cx: &mut Context<'_>,
         head: &[u8],
         mut body: Bytes,
-        tail: &'static [u8],
+        mut tail: &'static [u8],
     ) -> io::Result<()> {
         debug_assert!(self.is_empty());
         let slices = [IoSlice::new(head), IoSlice::new(&body), IoSlice::new(tail)];
-        let mut n = match Pin::new(&mut *io).poll_write_vectored(cx, &slices) {
+        let n = match Pin::new(&mut *io).poll_write_vectored(cx, &slices) {
             Poll::Ready(Ok(n)) => n,
             Poll::Ready(Err(e)) => return Err(e),
             Poll::Pending => 0,
@@ -79,18 +81,14 @@ impl Outbox {
             return Ok(());
         }
         let rest = self.0.get_or_insert_default();
-        let from_head = n.min(head.len());
-        n -= from_head;
+        let from_head = advance_written(n, head.len(), &mut body, &mut tail);
         if from_head < head.len() {
             rest.head.clear();
             rest.head.extend_from_slice(&head[from_head..]);
             rest.at = 0;
         }
-        let from_body = n.min(body.len());
-        n -= from_body;
-        body.advance(from_body);
         rest.body = body;
-        rest.tail = &tail[n.min(tail.len())..];
+        rest.tail = tail;
         Ok(())
     }
 
@@ -109,17 +107,12 @@ impl Outbox {
                 IoSlice::new(&rest.body),
                 IoSlice::new(rest.tail),
             ];
-            let mut n = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices))?;
+            let n = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            let from_head = n.min(rest.head.len() - rest.at);
-            rest.at += from_head;
-            n -= from_head;
-            let from_body = n.min(rest.body.len());
-            rest.body.advance(from_body);
-            n -= from_body;
-            rest.tail = &rest.tail[n.min(rest.tail.len())..];
+            let head_left = rest.head.len() - rest.at;
+            rest.at += advance_written(n, head_left, &mut rest.body, &mut rest.tail);
         }
         if rest.head.capacity() > 0 {
             rest.head = Vec::new();

@@ -14,7 +14,7 @@ use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::{Method, Request, header};
 use http_body::Body;
 use tokio::io::AsyncWrite;
@@ -22,6 +22,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use crate::body::{BodyError, RequestBody};
+use crate::http1::advance_written;
 use crate::server::preface::Rewind;
 
 /// What is read from the socket at a time.
@@ -368,18 +369,12 @@ impl Exchange {
                 return Poll::Ready(Ok(()));
             }
             let slices = [IoSlice::new(head), IoSlice::new(&self.data), IoSlice::new(self.tail)];
-            let mut n = ready!(Pin::new(&mut conn.stream).poll_write_vectored(cx, &slices))?;
+            let n = ready!(Pin::new(&mut conn.stream).poll_write_vectored(cx, &slices))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.reached = true;
-            let from_head = n.min(head.len());
-            self.written += from_head;
-            n -= from_head;
-            let from_data = n.min(self.data.len());
-            self.data.advance(from_data);
-            n -= from_data;
-            self.tail = &self.tail[n.min(self.tail.len())..];
+            self.written += advance_written(n, head.len(), &mut self.data, &mut self.tail);
         }
     }
 
