@@ -22,8 +22,8 @@ use super::parse::{Framing, Head};
 use super::write::{self, Outbox};
 use super::{Conn, fill_body};
 use crate::body::ClientBody;
-use crate::http1::Decoded;
 use crate::http1::chunked::ChunkError;
+use crate::http1::{self, Decoded};
 use crate::observe::access_log::LoggedBody;
 use crate::proxy::tunnel::{self, TunnelIo};
 use crate::proxy::{self, ClientInfo};
@@ -140,6 +140,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<I> {
         .await;
         // The access-log line is written as the body goes.
         drop(body);
+        http1::recycle(parts.headers);
         if let Err(error) = written {
             tracing::debug!(%error, "response not sent whole");
             return After::Abort;

@@ -7,9 +7,9 @@
 use std::mem::MaybeUninit;
 
 use bytes::BytesMut;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version, header};
+use http::{HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version, header};
 
-use crate::http1::ConnectionOptions;
+use crate::http1::{self, ConnectionOptions};
 use crate::proxy::headers;
 
 /// Most header lines a request may have (hyper's limit too).
@@ -103,11 +103,11 @@ pub(super) fn parse(buf: &mut BytesMut, max_bytes: usize) -> Result<Option<Head>
     let path = whole.slice_ref(parsed.path.unwrap_or_default().as_bytes());
     let uri = Uri::from_maybe_shared(path).map_err(|_| HeadError::Malformed)?;
     // Room for the forwarding fields the proxy adds, so the map never regrows.
-    let mut map = HeaderMap::with_capacity(parsed.headers.len() + 8);
+    let mut map = http1::header_map(parsed.headers.len() + 8);
     let mut framing = FramingScan::default();
     for field in parsed.headers.iter() {
         // Standard names map to constants: no allocation.
-        let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| HeadError::Malformed)?;
+        let name = http1::field_name(field.name.as_bytes()).map_err(|_| HeadError::Malformed)?;
         let value = HeaderValue::from_maybe_shared(whole.slice_ref(field.value)).map_err(|_| HeadError::Malformed)?;
         framing.see(&name, &value)?;
         // Hop-by-hop fields are this connection's, read here and never

@@ -6,10 +6,10 @@
 use std::mem::MaybeUninit;
 
 use bytes::BytesMut;
-use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, Version, header};
+use http::{HeaderName, HeaderValue, Response, StatusCode, Version, header};
 
 use super::{Framing, Head};
-use crate::http1::ConnectionOptions;
+use crate::http1::{self, ConnectionOptions};
 use crate::proxy::headers;
 
 /// Most header fields a response may have.
@@ -18,6 +18,8 @@ const MAX_HEADERS: usize = 100;
 const MAX_HEAD: usize = u16::MAX as usize;
 /// Room left in the header map for what the proxy adds to a response.
 const ADDED_HEADERS: usize = 4;
+/// Fields of most responses.
+const FEW_HEADERS: usize = 16;
 
 /// Takes one final response head off the front of `buf` (informational
 /// ones before it are skipped), or `None` if it is not all there yet.
@@ -57,8 +59,17 @@ fn parse_one(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, &'s
     };
     // Where each field sits in the buffer, to slice it out once frozen.
     let base = buf.as_ptr() as usize;
-    let mut spans = [(0u16, 0u16, 0u16, 0u16); MAX_HEADERS];
     let count = response.headers.len();
+    // On the stack for the usual few fields (setting all `MAX_HEADERS` to
+    // zero first costs more than filling them).
+    let mut few = [(0u16, 0u16, 0u16, 0u16); FEW_HEADERS];
+    let mut many = Vec::new();
+    let spans = if count <= FEW_HEADERS {
+        &mut few[..count]
+    } else {
+        many.resize(count, (0, 0, 0, 0));
+        &mut many[..]
+    };
     for (span, field) in spans.iter_mut().zip(response.headers.iter()) {
         // Within the head, so below MAX_HEAD.
         let name = (field.name.as_ptr() as usize - base) as u16;
@@ -71,15 +82,15 @@ fn parse_one(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, &'s
         );
     }
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count + ADDED_HEADERS);
+    let mut headers = http1::header_map(count + ADDED_HEADERS);
     let mut scan = Scan::default();
     // Hop-by-hop fields describe this connection, which the client owns:
     // read here, never put in the map (an `Upgrade` stays on a 101, whose
     // protocol the proxy passes on).
     let keep_upgrade = status == StatusCode::SWITCHING_PROTOCOLS;
-    for &(name_start, name_end, value_start, value_end) in &spans[..count] {
+    for &(name_start, name_end, value_start, value_end) in spans.iter() {
         let name =
-            HeaderName::from_bytes(&head[name_start as usize..name_end as usize]).map_err(|_| "invalid header name")?;
+            http1::field_name(&head[name_start as usize..name_end as usize]).map_err(|_| "invalid header name")?;
         let value = HeaderValue::from_maybe_shared(head.slice(value_start as usize..value_end as usize))
             .map_err(|_| "invalid header value")?;
         scan.see(&name, &value);
