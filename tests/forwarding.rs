@@ -21,6 +21,11 @@ async fn upstream_sees_forwarding_headers_and_no_hop_by_hop_ones() {
         &[
             ("host", "shop.example.com"),
             ("x-forwarded-for", "203.0.113.7"),
+            // What a client says of itself is replaced, never passed on
+            // beside ours.
+            ("x-real-ip", "198.51.100.66"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "spoofed.example"),
             ("connection", "keep-alive, x-hop"),
             ("x-hop", "secret"),
             ("keep-alive", "timeout=5"),
@@ -43,6 +48,34 @@ async fn upstream_sees_forwarding_headers_and_no_hop_by_hop_ones() {
     assert_eq!(h["x-request-id"], id, "upstream and client see the same id");
     assert_eq!(id.len(), 32);
     assert_eq!(resp.header("x-upstream"), None, "expose_upstream is off by default");
+}
+
+#[tokio::test]
+async fn a_route_edits_the_forwarding_headers_like_any_other() {
+    let b = backends(&["app"]).await;
+    let config = Config::app(&[b[0].addr]).route(
+        r#"request_headers = { set = { "X-Forwarded-Proto" = "https", "X-Env" = "prod" }, remove = ["X-Real-IP", "X-Debug"] }"#,
+    );
+    let lb = Fulcrum::start(&config.toml());
+    let resp = get_with(
+        lb.addr("web"),
+        "/echo",
+        &[
+            ("x-real-ip", "198.51.100.66"),
+            ("x-debug", "1"),
+            ("x-forwarded-proto", "http"),
+        ],
+    )
+    .await;
+    assert_eq!(resp.status, 200);
+    let h = &resp.json()["headers"];
+    assert_eq!(h["x-forwarded-proto"], "https", "set once, to the route's value: {h}");
+    assert_eq!(h["x-env"], "prod");
+    for gone in ["x-real-ip", "x-debug"] {
+        assert!(h.get(gone).is_none(), "{gone} was removed by the route: {h}");
+    }
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1", "the others are still added: {h}");
+    assert_eq!(h["x-request-id"], resp.header("x-request-id").unwrap());
 }
 
 #[tokio::test]

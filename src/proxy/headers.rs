@@ -96,29 +96,76 @@ pub(crate) fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
     }
 }
 
-/// Tells the upstream who the client is and what it asked for.
-pub fn add_forwarded(headers: &mut HeaderMap, client_ip: &HeaderValue, proto: &'static str) {
-    let ip = client_ip;
-    let forwarded_for = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.trim().is_empty() => {
-            // Several X-Forwarded-For lines are one comma-separated list.
-            let mut list = headers
-                .get_all(X_FORWARDED_FOR)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .collect::<Vec<_>>()
-                .join(", ");
-            list.push_str(", ");
-            list.push_str(ip.to_str().unwrap_or("unknown"));
-            HeaderValue::from_str(&list).unwrap_or_else(|_| ip.clone())
+/// The fields the proxy adds to a request on its way upstream: who the
+/// client is, what it asked for, and the request id. They are not put in
+/// the request's map (five insertions, each hashing its name and probing):
+/// the upstream codec writes them after the map's fields and leaves out any
+/// field of the map that has one of their names, which is what inserting
+/// them would have done.
+#[derive(Debug)]
+pub struct Forwarding {
+    fields: [(HeaderName, HeaderValue); 5],
+    len: usize,
+}
+
+impl Forwarding {
+    /// `host` is the request's `Host`; `headers` its fields, for the
+    /// `X-Forwarded-For` list it came with.
+    pub fn new(
+        headers: &HeaderMap,
+        host: Option<HeaderValue>,
+        client_ip: &HeaderValue,
+        proto: &'static str,
+        request_id: &HeaderValue,
+    ) -> Self {
+        let ip = client_ip;
+        let forwarded_for = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(prior) if !prior.trim().is_empty() => {
+                // Several X-Forwarded-For lines are one comma-separated list.
+                let mut list = headers
+                    .get_all(X_FORWARDED_FOR)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                list.push_str(", ");
+                list.push_str(ip.to_str().unwrap_or("unknown"));
+                HeaderValue::from_str(&list).unwrap_or_else(|_| ip.clone())
+            }
+            _ => ip.clone(),
+        };
+        let len = if host.is_some() { 5 } else { 4 };
+        // `X-Forwarded-Host` last: it is left out when there is no `Host`
+        // (a client's own then goes through, as it always has).
+        let fields = [
+            (X_FORWARDED_FOR, forwarded_for),
+            (X_REAL_IP, ip.clone()),
+            (X_FORWARDED_PROTO, HeaderValue::from_static(proto)),
+            (X_REQUEST_ID, request_id.clone()),
+            (X_FORWARDED_HOST, host.unwrap_or(HeaderValue::from_static(""))),
+        ];
+        Forwarding { fields, len }
+    }
+
+    pub fn fields(&self) -> &[(HeaderName, HeaderValue)] {
+        &self.fields[..self.len]
+    }
+
+    /// A route's edits, for the fields among ours (`apply_edits` makes them
+    /// on the map, where the upstream codec would not write them): a removed
+    /// one is not sent, a set one is sent with the route's value.
+    pub fn apply_edits(&mut self, edits: &HeaderEdits) {
+        for name in &edits.remove {
+            if let Some(at) = self.fields().iter().position(|(ours, _)| ours == name) {
+                self.fields[at..self.len].rotate_left(1);
+                self.len -= 1;
+            }
         }
-        _ => ip.clone(),
-    };
-    headers.insert(X_FORWARDED_FOR, forwarded_for);
-    headers.insert(X_REAL_IP, ip.clone());
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    if let Some(host) = headers.get(header::HOST).cloned() {
-        headers.insert(X_FORWARDED_HOST, host);
+        for (name, value) in &edits.set {
+            if let Some(at) = self.fields().iter().position(|(ours, _)| ours == name) {
+                self.fields[at].1 = value.clone();
+            }
+        }
     }
 }
 
@@ -173,17 +220,72 @@ mod tests {
         }
     }
 
+    fn fields_of(forwarding: &Forwarding) -> Vec<(&str, &str)> {
+        forwarding
+            .fields()
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.to_str().unwrap()))
+            .collect()
+    }
+
     #[test]
     fn forwarded_for_appends_to_every_prior_line() {
         let mut h = HeaderMap::new();
         h.append(X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
         h.append(X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2"));
-        h.insert(header::HOST, HeaderValue::from_static("example.com"));
-        add_forwarded(&mut h, &HeaderValue::from_static("10.0.0.9"), "http");
-        assert_eq!(h[X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 10.0.0.9");
-        assert_eq!(h[X_REAL_IP], "10.0.0.9");
-        assert_eq!(h[X_FORWARDED_PROTO], "http");
-        assert_eq!(h[X_FORWARDED_HOST], "example.com");
+        let host = HeaderValue::from_static("example.com");
+        let id = HeaderValue::from_static("id-1");
+        let forwarding = Forwarding::new(&h, Some(host), &HeaderValue::from_static("10.0.0.9"), "http", &id);
+        assert_eq!(
+            fields_of(&forwarding),
+            [
+                ("x-forwarded-for", "1.1.1.1, 2.2.2.2, 10.0.0.9"),
+                ("x-real-ip", "10.0.0.9"),
+                ("x-forwarded-proto", "http"),
+                ("x-request-id", "id-1"),
+                ("x-forwarded-host", "example.com"),
+            ]
+        );
+        let without_host = Forwarding::new(&HeaderMap::new(), None, &HeaderValue::from_static("::1"), "https", &id);
+        assert_eq!(
+            fields_of(&without_host),
+            [
+                ("x-forwarded-for", "::1"),
+                ("x-real-ip", "::1"),
+                ("x-forwarded-proto", "https"),
+                ("x-request-id", "id-1"),
+            ]
+        );
+    }
+
+    #[test]
+    fn route_edits_reach_the_forwarding_fields() {
+        let id = HeaderValue::from_static("id-1");
+        let host = HeaderValue::from_static("example.com");
+        let mut forwarding = Forwarding::new(
+            &HeaderMap::new(),
+            Some(host),
+            &HeaderValue::from_static("10.0.0.9"),
+            "http",
+            &id,
+        );
+        let edits = HeaderEdits {
+            remove: vec![X_REAL_IP, HeaderName::from_static("x-other")],
+            set: vec![
+                (X_FORWARDED_PROTO, HeaderValue::from_static("https")),
+                (HeaderName::from_static("x-env"), HeaderValue::from_static("prod")),
+            ],
+        };
+        forwarding.apply_edits(&edits);
+        assert_eq!(
+            fields_of(&forwarding),
+            [
+                ("x-forwarded-for", "10.0.0.9"),
+                ("x-forwarded-proto", "https"),
+                ("x-request-id", "id-1"),
+                ("x-forwarded-host", "example.com"),
+            ]
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use http_body::Body as _;
 
 use crate::body::{BodyError, ClientBody, RequestBody, ResponseBody, UpstreamBody};
@@ -173,13 +173,15 @@ async fn forward(
     let upgrade = tunnel::requested(req.headers()).map(|protocol| (protocol, tunnel::client_side(&mut req)));
     let (mut parts, body) = req.into_parts();
     let body = request_body(body, listener, route, idempotent).await?;
-    upstream_head(&mut parts, client, route, request_id)?;
+    let forwarding = upstream_head(&mut parts, client, route, request_id)?;
     let mut upstream_req = Request::from_parts(parts, body);
     if let Some((protocol, _)) = &upgrade {
         tunnel::ask_upstream(upstream_req.headers_mut(), protocol.clone());
     }
-    let (mut response, server, index) =
-        try_servers(&mut upstream_req, upstream, route, key, pinned, idempotent, meta).await?;
+    let sending = (&mut upstream_req, forwarding.fields());
+    let (mut response, server, index) = try_servers(sending, upstream, route, key, pinned, idempotent, meta).await?;
+    // Sent: its header map can serve a later message.
+    crate::http1::recycle(std::mem::take(upstream_req.headers_mut()));
     let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     let protocol = switched
         .then(|| response.headers().get(header::UPGRADE).cloned())
@@ -239,11 +241,12 @@ type Outcome = Result<(Response<ResponseBody>, Arc<ServerState>, usize), ProxyEr
 /// Most tries a route can ask for (`retry.tries` is validated to 1..=10).
 const MAX_TRIES: usize = 10;
 
-/// Sends the request to one server after another until one answers well,
-/// within the route's `retry` policy and the upstream's retry budget. Each
-/// try goes to a server this request has not used.
+/// Sends the request (with the fields added to its head) to one server after
+/// another until one answers well, within the route's `retry` policy and the
+/// upstream's retry budget. Each try goes to a server this request has not
+/// used.
 async fn try_servers(
-    req: &mut Request<RequestBody>,
+    (req, added): (&mut Request<RequestBody>, &[(HeaderName, HeaderValue)]),
     upstream: &UpstreamPool,
     route: &Route,
     key: Option<u64>,
@@ -284,7 +287,7 @@ async fn try_servers(
         let may_retry =
             tries < max_tries && tries < upstream.servers.len() && deadline.is_none_or(|d| Instant::now() < d);
         let started = Instant::now();
-        let sent = send(req, &server, route).await;
+        let sent = send(req, added, &server, route, started).await;
         let took = started.elapsed();
         meta.upstream_time = sent.is_ok().then_some(took);
         match sent {
@@ -364,23 +367,28 @@ async fn request_body(
 }
 
 /// The request's head as the upstream sees it: origin-form URI (prefix
-/// rewritten), HTTP/1.1, hop-by-hop headers gone, forwarding headers added.
+/// rewritten), HTTP/1.1, hop-by-hop headers gone, the route's edits made;
+/// and the forwarding fields to add to it.
 fn upstream_head(
     parts: &mut http::request::Parts,
     client: &ClientInfo,
     route: &Route,
     request_id: &HeaderValue,
-) -> Result<(), ProxyError> {
-    if !parts.headers.contains_key(header::HOST) {
+) -> Result<headers::Forwarding, ProxyError> {
+    let mut host = parts.headers.get(header::HOST).cloned();
+    if host.is_none() {
         // HTTP/2 clients send :authority instead (read before the URI
         // becomes the upstream's origin-form, which has none).
         if let Some(authority) = parts.uri.authority()
-            && let Ok(host) = HeaderValue::from_str(authority.as_str())
+            && let Ok(value) = HeaderValue::from_str(authority.as_str())
         {
-            parts.headers.insert(header::HOST, host);
+            parts.headers.insert(header::HOST, value.clone());
+            host = Some(value);
         }
     }
-    parts.uri = upstream_uri(&parts.uri, route)?;
+    if let Some(uri) = upstream_uri(&parts.uri, route)? {
+        parts.uri = uri;
+    }
     // Hop-by-hop fields never get this far from HTTP/1 clients: the codec
     // reads and drops them (`Upgrade` stays when the client asks to switch).
     // HTTP/2 has none (RFC 9113 §8.2.2) but `TE: trailers`.
@@ -390,20 +398,27 @@ fn upstream_head(
     }
     parts.version = Version::HTTP_11;
     let proto = if client.tls { "https" } else { "http" };
-    headers::add_forwarded(&mut parts.headers, &client.ip_header, proto);
-    parts.headers.insert(headers::X_REQUEST_ID, request_id.clone());
-    headers::apply_edits(&mut parts.headers, &route.request_headers);
-    Ok(())
+    let mut forwarding = headers::Forwarding::new(&parts.headers, host, &client.ip_header, proto, request_id);
+    let edits = &route.request_headers;
+    if !(edits.set.is_empty() && edits.remove.is_empty()) {
+        headers::apply_edits(&mut parts.headers, edits);
+        forwarding.apply_edits(edits);
+    }
+    Ok(forwarding)
 }
 
-fn upstream_uri(uri: &Uri, route: &Route) -> Result<Uri, ProxyError> {
+/// The URI the upstream gets, when it is not the client's as it is (an
+/// origin-form path with no prefix to rewrite, the usual case, is kept).
+fn upstream_uri(uri: &Uri, route: &Route) -> Result<Option<Uri>, ProxyError> {
     let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
     match &route.rewrite_prefix {
         None => {
             if uri.authority().is_none() {
-                return Ok(uri.clone());
+                return Ok(None);
             }
-            Uri::try_from(path_and_query).map_err(|_| ProxyError::BadRequest)
+            Uri::try_from(path_and_query)
+                .map(Some)
+                .map_err(|_| ProxyError::BadRequest)
         }
         Some(rewrite) => {
             // Plain prefix replacement, as nginx's `proxy_pass` with a URI:
@@ -412,7 +427,7 @@ fn upstream_uri(uri: &Uri, route: &Route) -> Result<Uri, ProxyError> {
             let mut rewritten = String::with_capacity(rewrite.len() + rest.len());
             rewritten.push_str(rewrite);
             rewritten.push_str(rest);
-            Uri::try_from(rewritten).map_err(|_| ProxyError::BadRequest)
+            Uri::try_from(rewritten).map(Some).map_err(|_| ProxyError::BadRequest)
         }
     }
 }
@@ -425,14 +440,18 @@ struct Failed {
 }
 
 /// Sends the request on a pooled (or new) connection and waits for the
-/// response head within the route's `read_timeout`.
+/// response head within the route's `read_timeout`, counted from `started`
+/// (now, to the microsecond) on a pooled connection and from when a new
+/// one is connected.
 ///
 /// The request is borrowed, not moved: it is a few hundred bytes, and each
 /// move into a future and back out of a failure is a copy.
 async fn send(
     req: &mut Request<RequestBody>,
+    added: &[(HeaderName, HeaderValue)],
     server: &Arc<ServerState>,
     route: &Route,
+    started: Instant,
 ) -> Result<Response<ResponseBody>, Failed> {
     let active = ActiveGuard::new(server.clone());
     // Only an upgrade request still has `Upgrade` here (hop-by-hop); the
@@ -454,8 +473,10 @@ async fn send(
                 });
             }
         };
-        let deadline = tokio::time::Instant::now() + route.read_timeout;
-        match pooled.conn.send(req, deadline).await {
+        // One clock read less per request where a pooled connection is ready.
+        let sent_at = if pooled.reused { started } else { Instant::now() };
+        let deadline = tokio::time::Instant::from_std(sent_at) + route.read_timeout;
+        match pooled.conn.send(req, added, deadline).await {
             Err(failed) if matches!(failed.error, SendError::TimedOut) => {
                 tracing::debug!(server = %server.address, "upstream response timed out");
                 return Err(Failed {

@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
-use http::{Method, Request, header};
+use http::{HeaderName, HeaderValue, Method, Request, header};
 use http_body::Body;
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
@@ -109,11 +109,18 @@ impl Conn {
     /// response head. `req` is only borrowed, and a body held in memory is
     /// written from where it is, never taken: such a request is still whole
     /// after a failed try, and a retry sends it again as it is.
+    /// `added` fields go in the head after the request's own, and replace
+    /// any of them with the same name.
     /// The whole exchange must be done by `deadline`, or it fails with
     /// `SendError::TimedOut`.
-    pub async fn send(&mut self, req: &mut Request<RequestBody>, deadline: Instant) -> Result<Head, Failed> {
+    pub async fn send(
+        &mut self,
+        req: &mut Request<RequestBody>,
+        added: &[(HeaderName, HeaderValue)],
+        deadline: Instant,
+    ) -> Result<Head, Failed> {
         let head_only = req.method() == Method::HEAD;
-        let plan = write_head(&mut self.out, req);
+        let plan = write_head(&mut self.out, req, added);
         let mut exchange = Exchange {
             written: 0,
             plan,
@@ -187,27 +194,42 @@ enum BodyPlan {
     Chunked,
 }
 
-/// Writes the request head into `out`, with a body held in memory after it
-/// when it is small; says how the rest of the body goes.
-fn write_head(out: &mut Vec<u8>, req: &Request<RequestBody>) -> BodyPlan {
+/// Writes the request head into `out`, its fields then the `added` ones
+/// (which replace its fields of the same names), with a body held in memory
+/// after it when it is small; says how the rest of the body goes.
+fn write_head(out: &mut Vec<u8>, req: &Request<RequestBody>, added: &[(HeaderName, HeaderValue)]) -> BodyPlan {
     out.clear();
     out.extend_from_slice(req.method().as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(req.uri().path_and_query().map_or("/", |pq| pq.as_str()).as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let headers = req.headers();
-    for (name, value) in headers {
+    // The lengths of the added names, one bit each: most fields are told
+    // apart from them by length alone.
+    let added_lengths = added.iter().fold(0u64, |bits, (name, _)| {
+        bits | 1u64.checked_shl(name.as_str().len() as u32).unwrap_or(0)
+    });
+    let mut has_length = false;
+    for (name, value) in req.headers() {
+        let text = name.as_str();
         // Framing is ours to state; `Expect` is answered by us, not passed on.
-        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING || name == header::EXPECT {
+        if name == header::CONTENT_LENGTH {
+            has_length = true;
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        if name == header::TRANSFER_ENCODING || name == header::EXPECT {
+            continue;
+        }
+        if 1u64.checked_shl(text.len() as u32).unwrap_or(0) & added_lengths != 0
+            && added.iter().any(|(ours, _)| ours == name)
+        {
+            continue;
+        }
+        field(out, text, value);
     }
-    let declared = headers.contains_key(header::CONTENT_LENGTH)
-        || matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH);
+    for (name, value) in added {
+        field(out, name.as_str(), value);
+    }
+    let declared = has_length || matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH);
     let (plan, inline): (BodyPlan, Option<&Bytes>) = match req.body() {
         RequestBody::Full(data) => {
             let len = data.as_ref().map_or(0, Bytes::len);
@@ -242,6 +264,13 @@ fn write_head(out: &mut Vec<u8>, req: &Request<RequestBody>) -> BodyPlan {
         out.extend_from_slice(data);
     }
     plan
+}
+
+fn field(out: &mut Vec<u8>, name: &str, value: &HeaderValue) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 fn content_length(out: &mut Vec<u8>, len: u64) {
