@@ -84,8 +84,13 @@ async fn serve(mut stream: TcpStream, after: AfterAnswer, seen: Arc<Mutex<Seen>>
         buf.extend_from_slice(&chunk[..n]);
         // The balancer's requests here are GETs without a body.
         while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
             buf.drain(..end + 4);
             seen.lock().unwrap().requests += 1;
+            if head.contains("\r\nupgrade:") {
+                tunnel(stream).await;
+                return;
+            }
             // Taken before the answer goes out, so before the balancer can
             // have pooled the connection.
             answered = Some(Instant::now());
@@ -101,6 +106,14 @@ async fn serve(mut stream: TcpStream, after: AfterAnswer, seen: Arc<Mutex<Seen>>
                 break;
             }
         }
+    }
+}
+
+/// Switches protocols and holds the tunnel open until the balancer closes it.
+async fn tunnel(mut stream: TcpStream) {
+    let switched = b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: test\r\n\r\n";
+    if stream.write_all(switched).await.is_ok() {
+        let _ = stream.read_to_end(&mut Vec::new()).await;
     }
 }
 
@@ -187,4 +200,39 @@ async fn a_reload_that_shortens_keepalive_timeout_closes_idle_connections_past_i
         up.seen().closed_after.len() == 1
     })
     .await;
+}
+
+#[tokio::test]
+async fn idle_connections_to_a_removed_server_close_while_a_tunnel_to_it_lives_on() {
+    let old = upstream(AfterAnswer::KeepOpen).await;
+    let new = upstream(AfterAnswer::KeepOpen).await;
+    let lb = Fulcrum::start(&Config::app(&[old.addr]).global("workers = 1").toml());
+    let addr = lb.addr("web");
+    assert_eq!(get(addr, "/").await.text(), "ok");
+    // The tunnel keeps the old server's state (its in-flight count) alive
+    // after the reload, and with it the pool holding the idle connection.
+    let mut tunnel = TcpStream::connect(addr).await.unwrap();
+    tunnel
+        .write_all(b"GET /t HTTP/1.1\r\nHost: localhost\r\nConnection: upgrade\r\nUpgrade: test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = [0u8; 12];
+    tokio::time::timeout(CLOSE_DEADLINE, tunnel.read_exact(&mut answer))
+        .await
+        .expect("no answer to the upgrade")
+        .unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 101");
+
+    lb.write_config(&Config::app(&[new.addr]).global("workers = 1").toml());
+    lb.signal("HUP");
+    lb.wait_for_log("config reloaded", CLOSE_DEADLINE).await;
+    wait_until(
+        "the balancer to close the idle connection to the removed server",
+        CLOSE_DEADLINE,
+        || old.seen().closed_after.len() == 1,
+    )
+    .await;
+    assert_eq!(old.seen().accepted, 2, "the pooled connection and the tunnel's");
+    assert_eq!(get(addr, "/").await.text(), "ok");
+    assert_eq!(new.seen().requests, 1);
 }

@@ -173,6 +173,15 @@ impl ConnPool {
         before - idle.len()
     }
 
+    /// Closes every idle connection of this worker's (its server has left
+    /// the config); returns how many.
+    pub(super) fn close_idle(&self) -> usize {
+        let mut idle = self.slot().lock().unwrap_or_else(|e| e.into_inner());
+        let closed = idle.len();
+        idle.clear();
+        closed
+    }
+
     /// Closes the idle connections (of every worker) whose peer `keep`
     /// rejects. Called by the resolver when a host name's addresses change.
     pub(super) fn retain_peers(&self, keep: impl Fn(SocketAddr) -> bool) -> usize {
