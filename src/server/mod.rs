@@ -213,6 +213,7 @@ fn run_worker(
     };
     let tracker = Arc::new(ConnTracker::default());
     runtime.block_on(async {
+        tokio::spawn(crate::upstream::sweeper::run(shared.clone()));
         loop {
             tokio::select! {
                 command = commands.recv() => match command {

@@ -8,6 +8,7 @@ pub mod h1;
 pub mod health;
 mod pool;
 pub mod resolver;
+pub(crate) mod sweeper;
 
 pub use pool::{ConnectError, PooledConn};
 

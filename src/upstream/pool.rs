@@ -159,6 +159,29 @@ impl ConnPool {
         });
     }
 
+    /// Closes this worker's idle connections that are past the idle timeout
+    /// at `now`, or that the server has closed (or sent stray bytes on)
+    /// since; returns how many. Only the owning worker may call it: it polls
+    /// sockets registered with that worker's reactor.
+    pub(super) fn sweep(&self, now: Instant) -> usize {
+        let idle_timeout = Duration::from_millis(self.idle_timeout_ms.load(Ordering::Relaxed));
+        let mut idle = self.slot().lock().unwrap_or_else(|e| e.into_inner());
+        let before = idle.len();
+        idle.retain_mut(|idle_conn| {
+            now.saturating_duration_since(idle_conn.since) < idle_timeout && idle_conn.conn.is_usable()
+        });
+        before - idle.len()
+    }
+
+    /// Closes every idle connection of this worker's (its server has left
+    /// the config); returns how many.
+    pub(super) fn close_idle(&self) -> usize {
+        let mut idle = self.slot().lock().unwrap_or_else(|e| e.into_inner());
+        let closed = idle.len();
+        idle.clear();
+        closed
+    }
+
     /// Closes the idle connections (of every worker) whose peer `keep`
     /// rejects. Called by the resolver when a host name's addresses change.
     pub(super) fn retain_peers(&self, keep: impl Fn(SocketAddr) -> bool) -> usize {
@@ -195,5 +218,47 @@ impl PooledConn {
         server
             .pool
             .put_back(self.conn, self.peer, self.generation, &server.endpoints);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A pool with one idle connection, and the server's end of it.
+    async fn one_idle(idle_timeout: Duration) -> (ConnPool, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let endpoints = Endpoints::new(&addr.to_string());
+        let pool = ConnPool::new(addr.to_string(), 8, idle_timeout, 1);
+        let (ours, theirs) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        pool.put_back(Conn::new(ours.unwrap()), addr, 0, &endpoints);
+        (pool, theirs.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn sweep_keeps_a_live_connection_until_its_idle_timeout() {
+        let (pool, _server) = one_idle(Duration::from_secs(60)).await;
+        let now = Instant::now();
+        assert_eq!(pool.sweep(now), 0);
+        assert_eq!(pool.sweep(now + Duration::from_secs(59)), 0);
+        assert_eq!(pool.sweep(now + Duration::from_secs(60)), 1);
+        assert_eq!(pool.slot().lock().unwrap().len(), 0);
+    }
+
+    #[tokio::test]
+    async fn sweep_closes_a_connection_the_server_closed() {
+        let (pool, mut server) = one_idle(Duration::from_secs(60)).await;
+        server.shutdown().await.unwrap();
+        // The close reaches the pool once this runtime's reactor has seen it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while pool.sweep(Instant::now()) == 0 {
+            assert!(Instant::now() < deadline, "the sweep never saw the close");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let read = tokio::time::timeout(Duration::from_secs(10), server.read(&mut [0u8; 1])).await;
+        assert_eq!(read.expect("our end stayed open").unwrap(), 0);
     }
 }
