@@ -215,6 +215,9 @@ pub struct UpstreamBody {
     /// The connection may carry another request once this body is read.
     reusable: bool,
     read_timeout: Duration,
+    /// When the response head came: a body that never waited for the
+    /// server ends then, as far as the pool's idle time is concerned.
+    answered: std::time::Instant,
     /// Armed only while waiting: most small bodies never need a timer.
     idle_timer: Option<Pin<Box<Sleep>>>,
     _active: ActiveGuard,
@@ -225,7 +228,7 @@ impl UpstreamBody {
         conn: PooledConn,
         framing: Framing,
         reusable: bool,
-        read_timeout: Duration,
+        (read_timeout, answered): (Duration, std::time::Instant),
         active: ActiveGuard,
     ) -> Self {
         let mut body = UpstreamBody {
@@ -233,6 +236,7 @@ impl UpstreamBody {
             decoder: Decoder::new(framing),
             reusable,
             read_timeout,
+            answered,
             idle_timer: None,
             _active: active,
         };
@@ -246,7 +250,13 @@ impl UpstreamBody {
         if let Some(conn) = self.conn.take()
             && self.reusable
         {
-            conn.release();
+            // A body that had to wait (it armed the timer) ended later: the
+            // clock says when.
+            let ended = match self.idle_timer {
+                None => self.answered,
+                Some(_) => std::time::Instant::now(),
+            };
+            conn.release(ended);
         }
     }
 

@@ -202,13 +202,16 @@ pub struct ConnectionOptions {
 impl ConnectionOptions {
     /// Adds the options of one `Connection` field.
     pub fn read(&mut self, value: &HeaderValue) {
-        // Nearly always one option: no splitting and trimming for it.
+        // Nearly always one option: no splitting and trimming for it, and
+        // a case-blind comparison a word at a time.
+        const KEEP_ALIVE: [u64; 3] = name_words(b"keep-alive");
+        const CLOSE: [u64; 3] = name_words(b"close");
         let whole = value.as_bytes();
-        if whole.eq_ignore_ascii_case(b"keep-alive") {
+        if whole.len() == 10 && read_words(whole) == KEEP_ALIVE {
             self.keep_alive = true;
             return;
         }
-        if whole.eq_ignore_ascii_case(b"close") {
+        if whole.len() == 5 && read_words(whole) == CLOSE {
             self.close = true;
             return;
         }

@@ -90,7 +90,11 @@ pub async fn handle(req: Request<ClientBody>, client: &Arc<ClientInfo>, shared: 
     let mut response = forwarded.unwrap_or_else(|error| error.into_response(&request_id));
     let status = response.status().as_u16();
     match meta.route.and_then(|r| snapshot.route_stats.get(r.0)) {
-        Some(stats) => stats.record(meta.upstream, meta.server, status, started.elapsed(), meta.retries),
+        Some(stats) => {
+            // When a server answered, the time it did serves: no clock read.
+            let took = meta.answered.unwrap_or_else(Instant::now) - started;
+            stats.record(meta.upstream, meta.server, status, took, meta.retries);
+        }
         None => shared.unrouted.record(status),
     }
     response.headers_mut().insert(headers::X_REQUEST_ID, request_id);
@@ -119,6 +123,8 @@ struct Meta {
     server: Option<usize>,
     /// Time to the last try's response head; `None` when it got none.
     upstream_time: Option<Duration>,
+    /// When the last try's response head came.
+    answered: Option<Instant>,
     retries: u32,
 }
 
@@ -269,9 +275,12 @@ async fn try_servers(
     // What the client gets if no other server is left to try.
     let mut last: Option<Outcome> = None;
     loop {
+        // One clock read per try: the pick, the pool and the upstream time
+        // all take it.
+        let started = Instant::now();
         let picked = match pinned {
             Some(index) if tries == 0 => Ok((index, &upstream.servers[index])),
-            _ => upstream.pick(key, &tried[..tries]),
+            _ => upstream.pick(key, &tried[..tries], started),
         };
         let (index, server) = match picked {
             Ok((index, server)) => (index, server.clone()),
@@ -284,17 +293,20 @@ async fn try_servers(
         meta.server = Some(index);
         meta.retries = tries as u32 - 1;
         // Each try goes to another server.
-        let may_retry =
-            tries < max_tries && tries < upstream.servers.len() && deadline.is_none_or(|d| Instant::now() < d);
-        let started = Instant::now();
+        let may_retry = tries < max_tries && tries < upstream.servers.len() && deadline.is_none_or(|d| started < d);
         let sent = send(req, added, &server, route, started).await;
-        let took = started.elapsed();
+        let now = match &sent {
+            Ok((_, answered)) => *answered,
+            Err(_) => Instant::now(),
+        };
+        let took = now - started;
         meta.upstream_time = sent.is_ok().then_some(took);
+        meta.answered = sent.is_ok().then_some(now);
         match sent {
-            Ok(response) => {
+            Ok((response, _)) => {
                 let status = response.status().as_u16();
                 if !on.status(status) {
-                    server.record_success(took, status);
+                    server.record_success(took, status, now);
                     return Ok((response, server, index));
                 }
                 server.record_failure(&upstream.name, FailureKind::Status);
@@ -452,7 +464,7 @@ async fn send(
     server: &Arc<ServerState>,
     route: &Route,
     started: Instant,
-) -> Result<Response<ResponseBody>, Failed> {
+) -> Result<(Response<ResponseBody>, Instant), Failed> {
     let active = ActiveGuard::new(server.clone());
     // Only an upgrade request still has `Upgrade` here (hop-by-hop); the
     // switch takes its connection over, so it gets a new one.
@@ -462,7 +474,7 @@ async fn send(
         let connected = if fresh_only {
             server.connect_fresh(route.connect_timeout).await
         } else {
-            server.connect(route.connect_timeout).await
+            server.connect(route.connect_timeout, started).await
         };
         let mut pooled = match connected {
             Ok(pooled) => pooled,
@@ -490,11 +502,20 @@ async fn send(
                 let pending = tunnel::Pending::new(async move { Ok(Box::new(switched) as Box<dyn tunnel::TunnelIo>) });
                 let mut parts = head.parts;
                 parts.extensions.insert(pending);
-                return Ok(Response::from_parts(parts, ResponseBody::empty()));
+                return Ok((Response::from_parts(parts, ResponseBody::empty()), Instant::now()));
             }
             Ok(head) => {
-                let body = UpstreamBody::new(pooled, head.framing, head.reusable, route.read_timeout, active);
-                return Ok(Response::from_parts(head.parts, ResponseBody::Upstream(body)));
+                // The one clock read for the answer: upstream time, route
+                // stats, and the pool's idle time all count from it.
+                let answered = Instant::now();
+                let body = UpstreamBody::new(
+                    pooled,
+                    head.framing,
+                    head.reusable,
+                    (route.read_timeout, answered),
+                    active,
+                );
+                return Ok((Response::from_parts(head.parts, ResponseBody::Upstream(body)), answered));
             }
             Err(failed) => {
                 if let SendError::Body(BodyError::TooLarge { .. }) = failed.error {

@@ -10,8 +10,15 @@ use std::time::{Duration, Instant};
 /// Milliseconds since the first call in this process: a cheap monotonic clock
 /// that fits in an atomic.
 pub fn now_ms() -> u64 {
+    ms_at(Instant::now())
+}
+
+/// `now_ms` at `instant`, for a caller that has just read the clock.
+pub fn ms_at(instant: Instant) -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+    instant
+        .saturating_duration_since(*START.get_or_init(Instant::now))
+        .as_millis() as u64
 }
 
 /// nginx's passive health check: `max_fails` consecutive failures take the

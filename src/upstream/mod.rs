@@ -14,7 +14,7 @@ pub use pool::{ConnectError, PooledConn};
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::balance::{Balancer, Candidate};
 use crate::config;
@@ -193,15 +193,18 @@ impl ServerState {
     /// Counts an answer that is passed on (any status the route does not
     /// retry on): passive health, the latency estimate, the dashboard's
     /// counters and latency histogram.
-    pub fn record_success(&self, latency: Duration, status: u16) {
+    /// A response with `status` came `latency` after the request went, at
+    /// `at` (a time the caller has read anyway).
+    pub fn record_success(&self, latency: Duration, status: u16, at: Instant) {
         self.passive.record_success();
-        self.latency.observe(latency, health::now_ms());
+        self.latency.observe(latency, health::ms_at(at));
         self.stats.response(status, latency);
     }
 
     /// A ready connection to this server: a pooled idle one, else a new one.
-    pub async fn connect(self: &Arc<Self>, timeout: Duration) -> Result<PooledConn, ConnectError> {
-        pool::ConnPool::checkout(self, timeout).await
+    /// A pooled connection, or a new one; `now` is the time, just read.
+    pub async fn connect(self: &Arc<Self>, timeout: Duration, now: Instant) -> Result<PooledConn, ConnectError> {
+        pool::ConnPool::checkout(self, timeout, now).await
     }
 
     /// Closes idle pooled connections to addresses the server no longer
@@ -348,10 +351,16 @@ impl UpstreamPool {
         &self.sticky_tokens[index]
     }
 
-    /// The server for the next try: primaries while any is up, backups only
-    /// when none is. `tried` lists servers this request already used.
-    pub fn pick(&self, key: Option<u64>, tried: &[usize]) -> Result<(usize, &Arc<ServerState>), NoServer> {
-        let now = health::now_ms();
+    /// The server for the next try at `now` (just read): primaries while
+    /// any is up, backups only when none is. `tried` lists servers this
+    /// request already used.
+    pub fn pick(
+        &self,
+        key: Option<u64>,
+        tried: &[usize],
+        now: Instant,
+    ) -> Result<(usize, &Arc<ServerState>), NoServer> {
+        let now = health::ms_at(now);
         let primary_up = self.servers.iter().any(|s| !s.backup() && s.is_up(now));
         let mut on_stack = [Candidate {
             weight: 1,

@@ -66,16 +66,17 @@ impl ConnPool {
         &self.idle[worker::current() % self.idle.len()]
     }
 
-    /// The newest usable idle connection; one to an address the server no
-    /// longer has is closed, even before the resolver's sweep gets to it.
-    fn take_idle(&self, endpoints: &Endpoints) -> Option<Idle> {
+    /// The newest usable idle connection at `now`; one to an address the
+    /// server no longer has is closed, even before the resolver's sweep gets
+    /// to it.
+    fn take_idle(&self, endpoints: &Endpoints, now: Instant) -> Option<Idle> {
         let current = endpoints.generation();
         let mut idle = self.slot().lock().unwrap_or_else(|e| e.into_inner());
         // Newest first: the warmest connection is the least likely to have
         // been closed by the server.
         let idle_timeout = Duration::from_millis(self.idle_timeout_ms.load(Ordering::Relaxed));
         while let Some(mut idle_conn) = idle.pop_back() {
-            let usable = idle_conn.since.elapsed() < idle_timeout && idle_conn.conn.is_usable();
+            let usable = now.saturating_duration_since(idle_conn.since) < idle_timeout && idle_conn.conn.is_usable();
             if usable && (idle_conn.generation == current || endpoints.contains(idle_conn.peer)) {
                 return Some(Idle {
                     generation: current,
@@ -86,9 +87,15 @@ impl ConnPool {
         None
     }
 
-    pub(super) async fn checkout(server: &Arc<ServerState>, timeout: Duration) -> Result<PooledConn, ConnectError> {
+    /// An idle connection (`now` is the time, which the caller has just
+    /// read), or a new one.
+    pub(super) async fn checkout(
+        server: &Arc<ServerState>,
+        timeout: Duration,
+        now: Instant,
+    ) -> Result<PooledConn, ConnectError> {
         let pool = &server.pool;
-        if let Some(idle) = pool.take_idle(&server.endpoints) {
+        if let Some(idle) = pool.take_idle(&server.endpoints, now) {
             return Ok(PooledConn {
                 conn: idle.conn,
                 server: server.clone(),
@@ -128,7 +135,7 @@ impl ConnPool {
         Ok((Conn::new(stream), peer))
     }
 
-    fn put_back(&self, conn: Conn, peer: SocketAddr, generation: u64, endpoints: &Endpoints) {
+    fn put_back(&self, conn: Conn, peer: SocketAddr, generation: u64, endpoints: &Endpoints, now: Instant) {
         let max_idle = self.max_idle.load(Ordering::Relaxed);
         if max_idle == 0 {
             return;
@@ -143,7 +150,6 @@ impl ConnPool {
         }
         // Oldest first: those past the idle timeout are closed now, not
         // left holding a socket the server has probably closed already.
-        let now = Instant::now();
         let idle_timeout = Duration::from_millis(self.idle_timeout_ms.load(Ordering::Relaxed));
         while idle
             .front()
@@ -213,11 +219,13 @@ pub struct PooledConn {
 impl PooledConn {
     /// Returns the connection to the pool once its response has been read to
     /// the end; a connection dropped instead is closed.
-    pub fn release(self) {
+    /// `now` is when its last response ended, as near as the caller knows
+    /// without reading the clock (idle time counts from then).
+    pub fn release(self, now: Instant) {
         let server = &self.server;
         server
             .pool
-            .put_back(self.conn, self.peer, self.generation, &server.endpoints);
+            .put_back(self.conn, self.peer, self.generation, &server.endpoints, now);
     }
 }
 
@@ -234,7 +242,7 @@ mod tests {
         let endpoints = Endpoints::new(&addr.to_string());
         let pool = ConnPool::new(addr.to_string(), 8, idle_timeout, 1);
         let (ours, theirs) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        pool.put_back(Conn::new(ours.unwrap()), addr, 0, &endpoints);
+        pool.put_back(Conn::new(ours.unwrap()), addr, 0, &endpoints, Instant::now());
         (pool, theirs.unwrap().0)
     }
 

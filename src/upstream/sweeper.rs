@@ -114,7 +114,8 @@ mod tests {
         let first = snapshot(&listener.local_addr().unwrap().to_string(), None);
         // Held as a tunnel's in-flight count holds it.
         let server = first.upstreams[0].servers[0].clone();
-        server.connect(Duration::from_secs(10)).await.unwrap().release();
+        let pooled = server.connect(Duration::from_secs(10), Instant::now()).await.unwrap();
+        pooled.release(Instant::now());
         let (mut theirs, _) = listener.accept().await.unwrap();
         let mut sweeper = Sweeper::default();
         assert_eq!(sweeper.sweep(&first, 1, Instant::now()), 0, "a live connection stays");
