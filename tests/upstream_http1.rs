@@ -102,6 +102,7 @@ fn reply(path: &str, body: &[u8]) -> Vec<u8> {
         "/truncated" => "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b".to_owned(),
         "/head" => "HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n".to_owned(),
         "/then-close" | "/keep" => "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nkept".to_owned(),
+        "/4k" => format!("HTTP/1.1 200 OK\r\nContent-Length: 4096\r\n\r\n{}", "k".repeat(4096)),
         _ => format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()),
     };
     let mut out = text.into_bytes();
@@ -265,4 +266,41 @@ async fn request_bodies_go_up_with_the_framing_they_need() {
         "{}",
         heads[3]
     );
+}
+
+/// Write system calls the process has made so far (`syscw`: `write`,
+/// `writev`).
+fn writes_made(pid: u32) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).expect("read /proc/PID/io");
+    io.lines()
+        .find_map(|line| line.strip_prefix("syscw: "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("syscw in /proc/PID/io")
+}
+
+#[tokio::test]
+async fn a_response_the_server_sends_in_one_write_reaches_the_client_in_one_write() {
+    // Each 4 KiB answer leaves the upstream in one write. Read into what
+    // was left of the buffer after the one before, it used to come in two
+    // reads every other time, and go to the client in two writes.
+    let up = upstream().await;
+    let lb = start(up.addr);
+    let mut client = Conn::open(lb.addr("web")).await;
+    let get = || request("GET", "/4k").body(Bytes::new()).unwrap();
+    assert_eq!(client.send(get()).await.body.len(), 4096);
+    let before = writes_made(lb.pid());
+    let requests = 100;
+    for _ in 0..requests {
+        let resp = client.send(get()).await;
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.body.len(), 4096);
+    }
+    let writes = writes_made(lb.pid()) - before;
+    // One write of the request upstream, one of the response to the client.
+    assert!(
+        writes <= 2 * requests + 10,
+        "{writes} writes for {requests} requests; log:\n{}",
+        lb.logs()
+    );
+    assert_eq!(up.seen.lock().unwrap().connections, 1);
 }
