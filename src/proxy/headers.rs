@@ -26,6 +26,11 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
             return never_indexed(given.clone());
         }
     }
+    fresh_request_id()
+}
+
+/// A new request id, for a request that carries none.
+pub fn fresh_request_id() -> HeaderValue {
     never_indexed(generate_request_id())
 }
 
@@ -110,17 +115,18 @@ pub struct Forwarding {
 
 impl Forwarding {
     /// `host` is the request's `Host`; `headers` its fields, for the
-    /// `X-Forwarded-For` list it came with.
+    /// `X-Forwarded-For` list it came with (`None`: it came with none).
     pub fn new(
-        headers: &HeaderMap,
+        headers: Option<&HeaderMap>,
         host: Option<HeaderValue>,
         client_ip: &HeaderValue,
         proto: &'static str,
         request_id: &HeaderValue,
     ) -> Self {
         let ip = client_ip;
-        let forwarded_for = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(prior) if !prior.trim().is_empty() => {
+        let prior = headers.and_then(|h| Some((h, h.get(X_FORWARDED_FOR)?.to_str().ok()?)));
+        let forwarded_for = match prior {
+            Some((headers, prior)) if !prior.trim().is_empty() => {
                 // Several X-Forwarded-For lines are one comma-separated list.
                 let mut list = headers
                     .get_all(X_FORWARDED_FOR)
@@ -235,7 +241,7 @@ mod tests {
         h.append(X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2"));
         let host = HeaderValue::from_static("example.com");
         let id = HeaderValue::from_static("id-1");
-        let forwarding = Forwarding::new(&h, Some(host), &HeaderValue::from_static("10.0.0.9"), "http", &id);
+        let forwarding = Forwarding::new(Some(&h), Some(host), &HeaderValue::from_static("10.0.0.9"), "http", &id);
         assert_eq!(
             fields_of(&forwarding),
             [
@@ -246,7 +252,7 @@ mod tests {
                 ("x-forwarded-host", "example.com"),
             ]
         );
-        let without_host = Forwarding::new(&HeaderMap::new(), None, &HeaderValue::from_static("::1"), "https", &id);
+        let without_host = Forwarding::new(None, None, &HeaderValue::from_static("::1"), "https", &id);
         assert_eq!(
             fields_of(&without_host),
             [
@@ -262,13 +268,7 @@ mod tests {
     fn route_edits_reach_the_forwarding_fields() {
         let id = HeaderValue::from_static("id-1");
         let host = HeaderValue::from_static("example.com");
-        let mut forwarding = Forwarding::new(
-            &HeaderMap::new(),
-            Some(host),
-            &HeaderValue::from_static("10.0.0.9"),
-            "http",
-            &id,
-        );
+        let mut forwarding = Forwarding::new(None, Some(host), &HeaderValue::from_static("10.0.0.9"), "http", &id);
         let edits = HeaderEdits {
             remove: vec![X_REAL_IP, HeaderName::from_static("x-other")],
             set: vec![

@@ -66,11 +66,36 @@ impl std::fmt::Debug for ClientInfo {
     }
 }
 
+/// Which fields the proxy looks up a request may carry. A codec that has
+/// read every field knows; looking one up in the map costs hashing its
+/// name, which for these custom names is byte by byte. The default: none.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Carried {
+    pub request_id: bool,
+    pub forwarded_for: bool,
+}
+
+impl Carried {
+    /// For a codec that does not say: any of them may be there.
+    pub const MAYBE: Carried = Carried {
+        request_id: true,
+        forwarded_for: true,
+    };
+}
+
 /// Answers one client request. The response body writes the request's
 /// access-log line when it ends.
-pub async fn handle(req: Request<ClientBody>, client: &Arc<ClientInfo>, shared: &Shared) -> Response<LoggedBody> {
+pub async fn handle(
+    req: Request<ClientBody>,
+    carried: Carried,
+    client: &Arc<ClientInfo>,
+    shared: &Shared,
+) -> Response<LoggedBody> {
     let snapshot = shared.snapshot.load_full();
-    let request_id = headers::request_id(req.headers());
+    let request_id = match carried.request_id {
+        true => headers::request_id(req.headers()),
+        false => headers::fresh_request_id(),
+    };
     let started = Instant::now();
     let mut entry = shared
         .access_log
@@ -81,7 +106,7 @@ pub async fn handle(req: Request<ClientBody>, client: &Arc<ClientInfo>, shared: 
         Some(listener_id) => {
             let listener = &snapshot.config.listeners[listener_id.0];
             let at = (listener_id, listener);
-            forward(req, client, at, shared, &snapshot, &request_id, &mut meta).await
+            forward((req, carried), client, at, shared, &snapshot, &request_id, &mut meta).await
         }
         // A reload removed the listener after this connection was accepted:
         // the connection is being closed; answer what is in the pipe.
@@ -129,7 +154,7 @@ struct Meta {
 }
 
 async fn forward(
-    mut req: Request<ClientBody>,
+    (mut req, carried): (Request<ClientBody>, Carried),
     client: &Arc<ClientInfo>,
     (listener_id, listener): (ListenerId, &Listener),
     shared: &Shared,
@@ -179,7 +204,7 @@ async fn forward(
     let upgrade = tunnel::requested(req.headers()).map(|protocol| (protocol, tunnel::client_side(&mut req)));
     let (mut parts, body) = req.into_parts();
     let body = request_body(body, listener, route, idempotent).await?;
-    let forwarding = upstream_head(&mut parts, client, route, request_id)?;
+    let forwarding = upstream_head(&mut parts, carried.forwarded_for, client, route, request_id)?;
     let mut upstream_req = Request::from_parts(parts, body);
     if let Some((protocol, _)) = &upgrade {
         tunnel::ask_upstream(upstream_req.headers_mut(), protocol.clone());
@@ -383,6 +408,7 @@ async fn request_body(
 /// and the forwarding fields to add to it.
 fn upstream_head(
     parts: &mut http::request::Parts,
+    may_have_forwarded_for: bool,
     client: &ClientInfo,
     route: &Route,
     request_id: &HeaderValue,
@@ -410,7 +436,12 @@ fn upstream_head(
     }
     parts.version = Version::HTTP_11;
     let proto = if client.tls { "https" } else { "http" };
-    let mut forwarding = headers::Forwarding::new(&parts.headers, host, &client.ip_header, proto, request_id);
+    let prior = if may_have_forwarded_for {
+        Some(&parts.headers)
+    } else {
+        None
+    };
+    let mut forwarding = headers::Forwarding::new(prior, host, &client.ip_header, proto, request_id);
     let edits = &route.request_headers;
     if !(edits.set.is_empty() && edits.remove.is_empty()) {
         headers::apply_edits(&mut parts.headers, edits);

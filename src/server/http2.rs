@@ -58,7 +58,7 @@ where
             // on the stack and copied all 5 KiB, twice.
             let slot = Box::new_uninit();
             Box::into_pin(Box::write(slot, async move {
-                let response = proxy::handle(req.map(ClientBody::Hyper), &client, &shared).await;
+                let response = proxy::handle(req.map(ClientBody::Hyper), proxy::Carried::MAYBE, &client, &shared).await;
                 Ok::<_, Infallible>(response.map(|inner| TrackedBody { inner, _guard: guard }))
             }))
         })

@@ -60,6 +60,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<I> {
             keep_alive,
             expect_continue,
             upgrade,
+            carried,
         } = head;
         let is_head = request.method() == Method::HEAD;
         let version = request.version();
@@ -80,7 +81,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<I> {
         }
 
         // The proxy's work, with the request body fed to it as it asks.
-        let mut handling = std::pin::pin!(proxy::handle(request, client, shared));
+        let mut handling = std::pin::pin!(proxy::handle(request, carried, client, shared));
         let response = std::future::poll_fn(|cx| {
             if let Poll::Ready(response) = handling.as_mut().poll(cx) {
                 return Poll::Ready(response);

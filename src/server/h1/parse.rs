@@ -10,7 +10,7 @@ use bytes::BytesMut;
 use http::{HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version, header};
 
 use crate::http1::{self, ConnectionOptions};
-use crate::proxy::headers;
+use crate::proxy::{self, headers};
 
 /// Most header lines a request may have (hyper's limit too).
 pub(super) const MAX_HEADERS: usize = 100;
@@ -37,6 +37,8 @@ pub(super) struct Head {
     pub(super) expect_continue: bool,
     /// `Upgrade` with `Connection: upgrade`: the client asks to switch protocols.
     pub(super) upgrade: bool,
+    /// Which of the fields the proxy looks up it has.
+    pub(super) carried: proxy::Carried,
 }
 
 /// Why a request head is refused; the connection answers and closes.
@@ -110,6 +112,12 @@ pub(super) fn parse(buf: &mut BytesMut, max_bytes: usize) -> Result<Option<Head>
         let name = http1::field_name(field.name.as_bytes()).map_err(|_| HeadError::Malformed)?;
         let value = HeaderValue::from_maybe_shared(whole.slice_ref(field.value)).map_err(|_| HeadError::Malformed)?;
         framing.see(&name, &value)?;
+        // Told apart by length first: most fields are neither.
+        match field.name.len() {
+            12 if name == headers::X_REQUEST_ID => framing.carried.request_id = true,
+            15 if name == headers::X_FORWARDED_FOR => framing.carried.forwarded_for = true,
+            _ => {}
+        }
         // Hop-by-hop fields are this connection's, read here and never
         // passed on; `Upgrade` stays until we know whether the request
         // really asks to switch (`Connection: upgrade` may come after it).
@@ -140,6 +148,7 @@ struct FramingScan {
     connection: ConnectionOptions,
     upgrade_field: bool,
     expect_continue: bool,
+    carried: proxy::Carried,
 }
 
 impl FramingScan {
@@ -212,6 +221,7 @@ impl FramingScan {
             request,
             framing,
             keep_alive,
+            carried: self.carried,
         }))
     }
 }
