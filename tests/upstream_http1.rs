@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 use support::{Config, Conn, Fulcrum, request, wait_until};
 
@@ -33,16 +33,13 @@ struct Upstream {
 
 /// An HTTP/1.1 server that answers by path with the bytes of `reply`.
 async fn upstream() -> Upstream {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Seen::default()));
     let shared = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            shared.lock().unwrap().connections += 1;
-            tokio::spawn(serve(stream, shared.clone()));
-        }
-    });
+    let addr = support::tcp_server(move |stream| {
+        shared.lock().unwrap().connections += 1;
+        serve(stream, shared.clone())
+    })
+    .await;
     Upstream { addr, seen }
 }
 

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 use support::{Config, Fulcrum, get, wait_until};
 
@@ -52,16 +52,13 @@ impl Upstream {
 
 /// An HTTP/1.1 server answering every request `200 ok`, on keep-alive.
 async fn upstream(after: AfterAnswer) -> Upstream {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Seen::default()));
     let shared = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            shared.lock().unwrap().accepted += 1;
-            tokio::spawn(serve(stream, after, shared.clone()));
-        }
-    });
+    let addr = support::tcp_server(move |stream| {
+        shared.lock().unwrap().accepted += 1;
+        serve(stream, after, shared.clone())
+    })
+    .await;
     Upstream { addr, seen }
 }
 

@@ -29,6 +29,24 @@ pub use process::{Fulcrum, log_field, parse_listening_line, strip_ansi};
 #[allow(unused_imports)]
 pub use redis::RedisServer;
 
+/// A TCP server on an ephemeral port of 127.0.0.1: each connection it
+/// accepts is handed to `serve`, whose future runs on a task of its own.
+/// For upstreams scripted byte by byte.
+pub async fn tcp_server<F, Fut>(mut serve: F) -> std::net::SocketAddr
+where
+    F: FnMut(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(serve(stream));
+        }
+    });
+    addr
+}
+
 /// How often `wait_until` re-checks its condition.
 const POLL_INTERVAL: Duration = Duration::from_millis(5);
 
