@@ -116,9 +116,10 @@ pub async fn handle(
     shared: &Shared,
 ) -> Response<LoggedBody> {
     let snapshot = shared.snapshot.load_full();
-    let request_id = match carried.request_id {
-        true => headers::request_id(req.headers()),
-        false => headers::fresh_request_id(),
+    let request_id = if carried.request_id {
+        headers::request_id(req.headers())
+    } else {
+        headers::fresh_request_id()
     };
     let started = Instant::now();
     let mut entry = shared

@@ -132,7 +132,7 @@ pub(crate) fn chunk_size(out: &mut Vec<u8>, len: usize) {
 /// malformed or oversized head): plain text naming the status, the reason
 /// and a request id, as the proxy's own error answers do; then close.
 pub(super) fn refusal(out: &mut Vec<u8>, status: StatusCode, why: &dyn std::fmt::Display) {
-    let id = crate::proxy::headers::request_id(&HeaderMap::new());
+    let id = crate::proxy::headers::fresh_request_id();
     let id = String::from_utf8_lossy(id.as_bytes());
     let reason = status.canonical_reason().unwrap_or("");
     let body = format!("{} {reason}: {why} (request id {id})\n", status.as_u16());
