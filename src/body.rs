@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use tokio::time::Sleep;
 
 use crate::compress::CompressedBody;
@@ -23,8 +22,8 @@ pub enum BodyError {
     TooLarge { limit_bytes: u64 },
     #[error("upstream sent nothing for {0:?}")]
     UpstreamTimeout(Duration),
-    #[error("body stream failed")]
-    Stream(#[source] hyper::Error),
+    #[error("HTTP/2 stream failed")]
+    Http2(#[source] h2::Error),
     #[error("client body failed: {0}")]
     Client(String),
     #[error("upstream body read failed")]
@@ -53,8 +52,8 @@ impl BodyError {
 /// A client's request body as the protocol that received it hands it over.
 #[derive(Debug)]
 pub enum ClientBody {
-    /// From hyper's server (HTTP/2).
-    Hyper(Incoming),
+    /// From an HTTP/2 stream.
+    Http2(crate::server::http2::RequestStream),
     /// From our own HTTP/1 connection.
     Http1(crate::server::h1::BodyStream),
 }
@@ -65,23 +64,21 @@ impl Body for ClientBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match &mut *self {
-            ClientBody::Hyper(inner) => Pin::new(inner)
-                .poll_frame(cx)
-                .map(|frame| frame.map(|f| f.map_err(BodyError::Stream))),
+            ClientBody::Http2(inner) => Pin::new(inner).poll_frame(cx),
             ClientBody::Http1(inner) => Pin::new(inner).poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ClientBody::Hyper(inner) => inner.is_end_stream(),
+            ClientBody::Http2(inner) => inner.is_end_stream(),
             ClientBody::Http1(inner) => inner.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ClientBody::Hyper(inner) => inner.size_hint(),
+            ClientBody::Http2(inner) => inner.size_hint(),
             ClientBody::Http1(inner) => inner.size_hint(),
         }
     }

@@ -291,3 +291,132 @@ servers = [ {{ address = "{}" }} ]
         "no authority match: the catch-all"
     );
 }
+
+/// The admin API's count of requests in flight on the first server of `app`.
+async fn in_flight(admin: SocketAddr) -> u64 {
+    let state = support::get(admin, "/api/upstreams").await.json();
+    state["upstreams"][0]["servers"][0]["active_requests"].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn a_stream_the_client_resets_stops_its_upstream_request() {
+    let b = backends(&["app"]).await;
+    let lb = Fulcrum::start(
+        &Config::app(&[b[0].addr])
+            .global(r#"admin_listen = "127.0.0.1:0""#)
+            .toml(),
+    );
+    let admin = lb.addr("admin");
+    let h2 = Arc::new(h2c(lb.addr("web")).await);
+    let slow = {
+        let h2 = h2.clone();
+        tokio::spawn(async move { h2.head("/delay/60000").await })
+    };
+    support::wait_until_async("the slow request to be in flight", Duration::from_secs(10), || async {
+        in_flight(admin).await == 1
+    })
+    .await;
+    // Dropping the response future resets the stream (RST_STREAM CANCEL).
+    slow.abort();
+    support::wait_until_async(
+        "the reset to end the upstream request long before its minute",
+        Duration::from_secs(20),
+        || async { in_flight(admin).await == 0 },
+    )
+    .await;
+    assert_eq!(h2.get("/").await.unwrap().text(), "app\n", "the connection carries on");
+}
+
+#[tokio::test]
+async fn an_upload_without_a_length_streams_through_many_windows() {
+    let b = backends(&["app"]).await;
+    let lb = Fulcrum::start(&config(&[b[0].addr], None));
+    let tcp = TcpStream::connect(lb.addr("web")).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    let driver = tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let req = http::Request::post("http://localhost/echo").body(()).unwrap();
+    let (response, mut upload) = client.send_request(req, false).unwrap();
+    // 4 MiB in 64 KiB frames: sixteen times the stream's window, so it only
+    // gets through if the balancer gives the window back as it forwards.
+    const CHUNK: usize = 64 * 1024;
+    const CHUNKS: usize = 64;
+    for i in 0..CHUNKS {
+        upload
+            .send_data(bytes::Bytes::from(vec![b'x'; CHUNK]), i == CHUNKS - 1)
+            .unwrap();
+    }
+    let response = tokio::time::timeout(Duration::from_secs(30), response)
+        .await
+        .expect("the upload is answered")
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let mut echoed = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        echoed.extend_from_slice(&chunk);
+    }
+    let echo: serde_json::Value = serde_json::from_slice(&echoed).unwrap();
+    assert_eq!(echo["body_bytes"], CHUNK * CHUNKS, "{echo}");
+    assert_eq!(
+        echo["headers"]["transfer-encoding"], "chunked",
+        "no length given: {echo}"
+    );
+    driver.abort();
+}
+
+#[tokio::test]
+async fn answers_made_by_the_balancer_carry_date_and_length_over_h2() {
+    let lb = Fulcrum::start(
+        r#"
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:0"
+[[routes]]
+respond = { status = 200, body = "healthy\n" }
+"#,
+    );
+    let h2 = h2c(lb.addr("web")).await;
+    let ok = h2.get("/lb-health").await.unwrap();
+    assert_eq!(ok.status, StatusCode::OK);
+    assert_eq!(ok.text(), "healthy\n");
+    assert_eq!(ok.header("content-length"), Some("8"));
+    let date = ok.header("date").expect("a Date field");
+    assert!(httpdate::parse_http_date(date).is_ok(), "{date}");
+}
+
+#[tokio::test]
+async fn an_upstream_that_dies_mid_body_resets_the_stream_not_the_connection() {
+    // Promises 1000 bytes, sends 10, hangs up.
+    let addr = support::tcp_server(|mut stream: TcpStream| async move {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut buf = vec![0u8; 4096];
+        let mut head = Vec::new();
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n0123456789")
+            .await;
+    })
+    .await;
+    let lb = Fulcrum::start(&config(&[addr], None));
+    let h2 = h2c(lb.addr("web")).await;
+    for _ in 0..2 {
+        // The reset may come before the head has left, or after some of the body.
+        let whole = async {
+            let response = h2.head("/").await?;
+            anyhow::Ok(response.into_body().collect().await?.to_bytes())
+        };
+        let outcome = tokio::time::timeout(Duration::from_secs(20), whole)
+            .await
+            .expect("the cut is noticed");
+        assert!(outcome.is_err(), "a cut-short body must not look whole: {outcome:?}");
+    }
+    assert!(!h2.sender.is_closed(), "one stream's failure is not the connection's");
+}

@@ -14,8 +14,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, header};
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::ClientInfo;
@@ -42,12 +40,9 @@ impl Pending {
         Pending(Arc::new(Mutex::new(Some(Box::pin(switch)))))
     }
 
-    /// A connection hyper will hand over once it has switched.
-    pub fn from_hyper(on: OnUpgrade) -> Self {
-        Pending::new(async move {
-            let upgraded = on.await.map_err(std::io::Error::other)?;
-            Ok(Box::new(TokioIo::new(upgraded)) as Box<dyn TunnelIo>)
-        })
+    /// A switch that cannot happen: the request's protocol has none.
+    fn unavailable() -> Self {
+        Pending::new(async { Err(std::io::Error::other("this protocol cannot switch")) })
     }
 
     /// The connection, once switched (an error if it never switches or was
@@ -67,13 +62,13 @@ impl std::fmt::Debug for Pending {
     }
 }
 
-/// The client's side of an upgrade request: the switch its own protocol
-/// code announced in the request's extensions, or hyper's.
+/// The client's side of an upgrade request: the switch its protocol code
+/// announced in the request's extensions (HTTP/1.1 does; HTTP/2 forbids
+/// `Upgrade`, so its requests never get this far).
 pub(super) fn client_side<B>(req: &mut http::Request<B>) -> Pending {
-    match req.extensions_mut().remove::<Pending>() {
-        Some(pending) => pending,
-        None => Pending::from_hyper(hyper::upgrade::on(req)),
-    }
+    req.extensions_mut()
+        .remove::<Pending>()
+        .unwrap_or_else(Pending::unavailable)
 }
 
 /// Tunnels open now and ever, for the metrics.

@@ -6,7 +6,7 @@ mod closing;
 mod conn;
 pub mod control;
 pub(crate) mod h1;
-mod http2;
+pub(crate) mod http2;
 mod listener;
 mod per_ip;
 pub(crate) mod preface;

@@ -178,6 +178,13 @@ thread_local! {
     static DATE: RefCell<(u64, [u8; DATE_BYTES])> = const { RefCell::new((u64::MAX, [0; DATE_BYTES])) };
 }
 
+/// The current `Date` as a field value (for HTTP/2 responses that lack one).
+pub(crate) fn date_value() -> http::HeaderValue {
+    let mut text = Vec::with_capacity(DATE_BYTES);
+    date(&mut text);
+    http::HeaderValue::from_bytes(&text).unwrap_or(http::HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"))
+}
+
 fn date(out: &mut Vec<u8>) {
     let now = SystemTime::now();
     let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
