@@ -368,7 +368,7 @@ async fn an_upload_without_a_length_streams_through_many_windows() {
 }
 
 #[tokio::test]
-async fn answers_made_by_the_balancer_carry_date_and_length_over_h2() {
+async fn answers_made_by_the_balancer_carry_date_and_length_and_no_connection_fields_over_h2() {
     let lb = Fulcrum::start(
         r#"
 [[listeners]]
@@ -376,12 +376,17 @@ name = "web"
 listen = "127.0.0.1:0"
 [[routes]]
 respond = { status = 200, body = "healthy\n" }
+# HTTP/2 has no such fields: the stream must still be answered, without them.
+response_headers = { set = { "Connection" = "close", "Keep-Alive" = "timeout=5", "Cache-Control" = "no-store" } }
 "#,
     );
     let h2 = h2c(lb.addr("web")).await;
     let ok = h2.get("/lb-health").await.unwrap();
     assert_eq!(ok.status, StatusCode::OK);
     assert_eq!(ok.text(), "healthy\n");
+    assert_eq!(ok.header("connection"), None);
+    assert_eq!(ok.header("keep-alive"), None);
+    assert_eq!(ok.header("cache-control"), Some("no-store"));
     assert_eq!(ok.header("content-length"), Some("8"));
     let date = ok.header("date").expect("a Date field");
     assert!(httpdate::parse_http_date(date).is_ok(), "{date}");
@@ -419,4 +424,26 @@ async fn an_upstream_that_dies_mid_body_resets_the_stream_not_the_connection() {
         assert!(outcome.is_err(), "a cut-short body must not look whole: {outcome:?}");
     }
     assert!(!h2.sender.is_closed(), "one stream's failure is not the connection's");
+}
+
+#[tokio::test]
+async fn a_clients_request_id_and_forwarded_for_are_kept_over_h2() {
+    let b = backends(&["app"]).await;
+    let lb = Fulcrum::start(&config(&[b[0].addr], None));
+    let h2 = h2c(lb.addr("web")).await;
+    let req = http::Request::get("http://localhost/echo")
+        .header("x-request-id", "trace-42")
+        .header("x-forwarded-for", "203.0.113.7")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let resp = h2.sender.clone().send_request(req).await.unwrap();
+    assert_eq!(resp.headers()["x-request-id"], "trace-42");
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let echo: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(echo["headers"]["x-request-id"], "trace-42", "{echo}");
+    assert_eq!(echo["headers"]["x-forwarded-for"], "203.0.113.7, 127.0.0.1", "{echo}");
+    // And without them: a fresh id, and the client's address alone.
+    let plain: serde_json::Value = serde_json::from_slice(&h2.get("/echo").await.unwrap().body).unwrap();
+    assert_eq!(plain["headers"]["x-forwarded-for"], "127.0.0.1", "{plain}");
+    assert_eq!(plain["headers"]["x-request-id"].as_str().map(str::len), Some(32), "{plain}");
 }

@@ -15,7 +15,7 @@ use http_body::{Body, Frame, SizeHint};
 
 use crate::body::{BodyError, ClientBody};
 use crate::observe::access_log::LoggedBody;
-use crate::proxy::headers::hop_by_hop_index;
+use crate::proxy::headers::{X_FORWARDED_FOR, X_REQUEST_ID, hop_by_hop_index};
 use crate::proxy::{self, ClientInfo};
 use crate::server::Shared;
 
@@ -29,9 +29,10 @@ pub(super) async fn serve(
     shared: Arc<Shared>,
 ) {
     let (parts, recv) = req.into_parts();
+    let carried = carried(&parts.headers);
     let body = RequestStream::new(recv, &parts.headers);
     let req = Request::from_parts(parts, ClientBody::Http2(body));
-    let mut handled = std::pin::pin!(proxy::handle(req, proxy::Carried::MAYBE, &client, &shared));
+    let mut handled = std::pin::pin!(proxy::handle(req, carried, &client, &shared));
     let answered = std::future::poll_fn(|cx| {
         if let Poll::Ready(response) = handled.as_mut().poll(cx) {
             return Poll::Ready(Some(response));
@@ -62,12 +63,38 @@ pub(super) async fn serve(
     }
 }
 
+/// Which of the fields the proxy looks up the request has. One pass over
+/// a few names compared by length first is cheaper than hashing the two
+/// custom names for lookups.
+fn carried(headers: &HeaderMap) -> proxy::Carried {
+    let mut carried = proxy::Carried::default();
+    for name in headers.keys() {
+        if *name == X_REQUEST_ID {
+            carried.request_id = true;
+        } else if *name == X_FORWARDED_FOR {
+            carried.forwarded_for = true;
+        }
+    }
+    carried
+}
+
 /// What HTTP/2 needs of a response head that the proxy may not have put
 /// there: `Date`, and `Content-Length` when the body's length is known; and
 /// nothing that describes an HTTP/1 connection (the codecs never hand those
-/// on, but a route's `response_headers` could name one).
+/// on, but a route's `response_headers` could name one). Found in one pass
+/// over the names rather than by a lookup for each.
 fn complete_head(status: StatusCode, headers: &mut HeaderMap, body: &LoggedBody) {
-    if headers.keys().any(|name| hop_by_hop_index(name).is_some()) {
+    let (mut dated, mut sized, mut hop_by_hop) = (false, false, false);
+    for name in headers.keys() {
+        if *name == header::DATE {
+            dated = true;
+        } else if *name == header::CONTENT_LENGTH {
+            sized = true;
+        } else if hop_by_hop_index(name).is_some() {
+            hop_by_hop = true;
+        }
+    }
+    if hop_by_hop {
         let names: Vec<_> = headers
             .keys()
             .filter(|n| hop_by_hop_index(n).is_some())
@@ -79,13 +106,13 @@ fn complete_head(status: StatusCode, headers: &mut HeaderMap, body: &LoggedBody)
     }
     // 204 and 304 say nothing of a length (RFC 9110 §8.6).
     let bodiless = matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED);
-    if let Some(len) = body.size_hint().exact()
+    if !sized
         && !bodiless
-        && !headers.contains_key(header::CONTENT_LENGTH)
+        && let Some(len) = body.size_hint().exact()
     {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     }
-    if !headers.contains_key(header::DATE) {
+    if !dated {
         headers.insert(header::DATE, crate::server::h1::encode::date_value());
     }
 }
