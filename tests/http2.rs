@@ -445,5 +445,9 @@ async fn a_clients_request_id_and_forwarded_for_are_kept_over_h2() {
     // And without them: a fresh id, and the client's address alone.
     let plain: serde_json::Value = serde_json::from_slice(&h2.get("/echo").await.unwrap().body).unwrap();
     assert_eq!(plain["headers"]["x-forwarded-for"], "127.0.0.1", "{plain}");
-    assert_eq!(plain["headers"]["x-request-id"].as_str().map(str::len), Some(32), "{plain}");
+    assert_eq!(
+        plain["headers"]["x-request-id"].as_str().map(str::len),
+        Some(32),
+        "{plain}"
+    );
 }
