@@ -34,21 +34,6 @@ pub enum BodyError {
     Compress(#[source] std::io::Error),
 }
 
-impl BodyError {
-    /// Finds a `BodyError` among the causes of an error (hyper wraps the
-    /// errors our bodies return).
-    pub fn find<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a BodyError> {
-        let mut cause: Option<&'a (dyn std::error::Error + 'static)> = Some(error);
-        while let Some(e) = cause {
-            if let Some(found) = e.downcast_ref::<BodyError>() {
-                return Some(found);
-            }
-            cause = e.source();
-        }
-        None
-    }
-}
-
 /// A client's request body as the protocol that received it hands it over.
 #[derive(Debug)]
 pub enum ClientBody {
