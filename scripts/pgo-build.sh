@@ -8,7 +8,8 @@
 #    h2load over the paths that matter for speed: HTTP/1.1 keep-alive (small and 4 KiB
 #    answers), a new connection per request, HTTP/2 cleartext, TLS with HTTP/1.1 and HTTP/2,
 #    gzip and brotli compression, and the JSON access log,
-# 3. merges the profile (target/pgo/fulcrum.profdata) and builds target/pgo/fulcrum with it.
+# 3. merges the profile (target/pgo/fulcrum.profdata) and builds target/pgo/fulcrum with it,
+# 4. checks that binary answers over HTTP/1.1, h2c and TLS with HTTP/2.
 #
 # target/release/fulcrum is left alone. Code that the training never runs is laid out as
 # cold, so a load unlike these (say, heavy WebSocket traffic) may be slower on this binary
@@ -23,7 +24,7 @@ SECS=5
 while (($#)); do
     case $1 in
     --seconds) SECS=$2; shift ;;
-    -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
     shift
@@ -165,4 +166,21 @@ echo "== optimised build with the profile (target/pgo/use)"
 RUSTFLAGS="-Cprofile-use=$WORK/fulcrum.profdata" cargo build --release --locked \
     --manifest-path "$ROOT/Cargo.toml" --target-dir "$WORK/use"
 cp "$WORK/use/release/fulcrum" "$WORK/fulcrum"
+
+echo "== the optimised binary answers over HTTP/1.1, h2c and TLS with HTTP/2"
+"$WORK/fulcrum" run -c "$WORK/run/lb.toml" >"$WORK/run/lb-pgo.log" 2>&1 &
+pid=$!
+PIDS+=("$pid")
+wait_up "http://127.0.0.1:39080/"
+check() { # EXPECTED CURL-ARGS...: "status version" of one request
+    local want=$1 got
+    shift
+    got=$(curl -s -o /dev/null -w '%{http_code} %{http_version}' "$@")
+    [[ $got == "$want" ]] || die "curl $*: got '$got', want '$want' (log: $WORK/run/lb-pgo.log)"
+}
+check "200 1.1" http://127.0.0.1:39080/
+check "200 2" --http2-prior-knowledge http://127.0.0.1:39080/
+check "200 2" -k --http2 https://127.0.0.1:39443/
+kill -TERM "$pid"
+wait "$pid" || die "the optimised balancer exited with an error (log: $WORK/run/lb-pgo.log)"
 echo "built $WORK/fulcrum"
