@@ -85,13 +85,14 @@ for i in 1 2 3; do
     wait_up "http://127.0.0.1:$port/"
 done
 
-# Starts the instrumented balancer on config $1, runs the loads in $2.., then stops it
-# with SIGTERM so that it writes its profile on the way out.
+# Starts balancer binary $1 on config $2, runs the command in $3.., then stops it with
+# SIGTERM (an instrumented binary writes its profile on the way out). Its log is lb.log.
 balance() {
-    local config=$1 pid
-    shift
-    "$GEN" run -c "$config" >"$WORK/run/lb.log" 2>&1 &
+    local bin=$1 config=$2 pid
+    shift 2
+    "$bin" run -c "$config" >"$WORK/run/lb.log" 2>&1 &
     pid=$!
+    PIDS+=("$pid")
     wait_up "http://127.0.0.1:39080/"
     "$@"
     kill -TERM "$pid"
@@ -153,8 +154,8 @@ access_log_load() {
     wrk -t1 -c64 -d"$((SECS / 2 + 1))s" http://127.0.0.1:39080/ | grep 'Requests/sec'
 }
 
-balance "$WORK/run/lb.toml" loads
-balance "$WORK/run/lb-log.toml" access_log_load
+balance "$GEN" "$WORK/run/lb.toml" loads
+balance "$GEN" "$WORK/run/lb-log.toml" access_log_load
 
 echo "== merge"
 shopt -s nullglob
@@ -167,20 +168,17 @@ RUSTFLAGS="-Cprofile-use=$WORK/fulcrum.profdata" cargo build --release --locked 
     --manifest-path "$ROOT/Cargo.toml" --target-dir "$WORK/use"
 cp "$WORK/use/release/fulcrum" "$WORK/fulcrum"
 
-echo "== the optimised binary answers over HTTP/1.1, h2c and TLS with HTTP/2"
-"$WORK/fulcrum" run -c "$WORK/run/lb.toml" >"$WORK/run/lb-pgo.log" 2>&1 &
-pid=$!
-PIDS+=("$pid")
-wait_up "http://127.0.0.1:39080/"
 check() { # EXPECTED CURL-ARGS...: "status version" of one request
     local want=$1 got
     shift
     got=$(curl -s -o /dev/null -w '%{http_code} %{http_version}' "$@")
-    [[ $got == "$want" ]] || die "curl $*: got '$got', want '$want' (log: $WORK/run/lb-pgo.log)"
+    [[ $got == "$want" ]] || die "curl $*: got '$got', want '$want' (log: $WORK/run/lb.log)"
 }
-check "200 1.1" http://127.0.0.1:39080/
-check "200 2" --http2-prior-knowledge http://127.0.0.1:39080/
-check "200 2" -k --http2 https://127.0.0.1:39443/
-kill -TERM "$pid"
-wait "$pid" || die "the optimised balancer exited with an error (log: $WORK/run/lb-pgo.log)"
+answers() {
+    check "200 1.1" http://127.0.0.1:39080/
+    check "200 2" --http2-prior-knowledge http://127.0.0.1:39080/
+    check "200 2" -k --http2 https://127.0.0.1:39443/
+}
+echo "== the optimised binary answers over HTTP/1.1, h2c and TLS with HTTP/2"
+balance "$WORK/fulcrum" "$WORK/run/lb.toml" answers
 echo "built $WORK/fulcrum"
